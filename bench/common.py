@@ -1,0 +1,479 @@
+"""Shared pieces of the benchmark harness: machine description, in-process reference
+figures, interleaved timing, the correctness check, and report helpers.
+
+Every benchmark module (``bench/bN_*.py``) builds on these; see ``bench/run.py`` for the
+registry and the module interface.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+if TYPE_CHECKING:  # torch is imported lazily: the parent process of bench.run never needs it
+    import torch
+
+__all__ = [
+    "AXPY_BYTES_PER_ELEMENT",
+    "CheckResult",
+    "Context",
+    "TimingStats",
+    "Variant",
+    "axpy_reference",
+    "compare_updates",
+    "cpu_description",
+    "fmt_float",
+    "fmt_ratio",
+    "fmt_us",
+    "load_tzfast",
+    "log",
+    "machine_info",
+    "machine_line",
+    "markdown_table",
+    "time_interleaved",
+    "tzfast_description",
+]
+
+AXPY_BYTES_PER_ELEMENT = 12  # a.add_(b, alpha=s): read a, read b, write a (fp32)
+
+
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Progress messages go to stderr (stdout stays clean), stamped with seconds since start."""
+    print(f"[bench {time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def cpu_description() -> dict[str, Any]:
+    """CPU model, logical CPU count and the SIMD flags that matter for our kernels."""
+    model = platform.processor() or "unknown"
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("unknown", "", "x86_64"):
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    interesting = ["avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile", "neon", "asimd"]
+    return {
+        "model": model,
+        "logical_cpus": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "simd_flags": [f for f in interesting if f in flags],
+    }
+
+
+def load_tzfast(*module_names: str) -> tuple[Any | None, str]:
+    """Import tzfast and check that ``tz.Optimizer`` and ``tz.m.<name>`` exist.
+
+    Returns ``(tzfast_module, "")`` or ``(None, reason)``.
+    """
+    if os.environ.get("TZFAST_BENCH_STUB") == "torchzero":  # STUB-REMOVE: dev-only stand-in
+        import torchzero as _stub
+
+        return _stub, ""
+    try:
+        import tzfast as tz
+    except Exception as exc:  # noqa: BLE001 - any import failure means "unavailable"
+        return None, f"import tzfast failed: {type(exc).__name__}: {exc}"
+    missing = []
+    if not hasattr(tz, "Optimizer"):
+        missing.append("tz.Optimizer")
+    m = getattr(tz, "m", None)
+    for name in module_names:
+        if m is None or not hasattr(m, name):
+            missing.append(f"tz.m.{name}")
+    if missing:
+        return None, "tzfast lacks " + ", ".join(missing)
+    return tz, ""
+
+
+def tzfast_description() -> dict[str, Any]:
+    """tzfast version and native build info, as far as they are importable."""
+    info: dict[str, Any] = {"importable": False, "version": None, "build_info": None}
+    try:
+        import tzfast
+    except Exception as exc:  # noqa: BLE001
+        info["error"] = f"{type(exc).__name__}: {exc}"
+        return info
+    info["importable"] = True
+    info["version"] = getattr(tzfast, "__version__", None)
+    try:
+        from tzfast import _native
+
+        build_info = _native.build_info()
+        info["build_info"] = build_info if isinstance(build_info, (dict, str, int, float)) else repr(build_info)
+    except Exception as exc:  # noqa: BLE001
+        info["build_info_error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def axpy_reference(numel: int, reps: int, min_rep_s: float) -> dict[str, Any]:
+    """In-place axpy ``a.add_(b, alpha=s)`` in fp32: the in-process bandwidth reference."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1234)
+    a = torch.randn(numel, generator=gen)
+    b = torch.randn(numel, generator=gen)
+    sign = [1.0]
+
+    def step() -> None:
+        # alternate the sign so a stays bounded however many steps run
+        sign[0] = -sign[0]
+        a.add_(b, alpha=1e-3 * sign[0])
+
+    stats = time_interleaved([Variant("axpy", "ref", step)], reps=reps, warmup=3, min_rep_s=min_rep_s)["axpy"]
+    bytes_moved = AXPY_BYTES_PER_ELEMENT * numel
+    del a, b
+    gc.collect()
+    return {
+        "op": "a.add_(b, alpha=s), fp32, in place",
+        "numel": numel,
+        "working_set_MB": 2 * 4 * numel / 1e6,
+        "bytes_per_element": AXPY_BYTES_PER_ELEMENT,
+        "t_min_us": stats.min_us,
+        "t_med_us": stats.median_us,
+        "gbps_best": bytes_moved / stats.min_s / 1e9,
+        "gbps_med": bytes_moved / stats.median_s / 1e9,
+        "reps": stats.reps,
+        "inner": stats.inner,
+    }
+
+
+def machine_info(threads: int, axpy: dict[str, Any] | None) -> dict[str, Any]:
+    import torch
+
+    cpu_capability = None
+    try:
+        cpu_capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001
+        pass
+    return {
+        "cpu": cpu_description(),
+        "threads": threads,
+        "torch_num_threads": torch.get_num_threads(),
+        "OMP_PROC_BIND": os.environ.get("OMP_PROC_BIND"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cpu_capability": cpu_capability,
+        "tzfast": tzfast_description(),
+        "axpy": axpy,
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    cpu = machine["cpu"]
+    tzd = machine["tzfast"]
+    if tzd.get("importable"):
+        tz_txt = f"tzfast {tzd.get('version') or '(no __version__)'}"
+        if tzd.get("build_info") is not None:
+            tz_txt += f", build_info {tzd['build_info']}"
+        elif tzd.get("build_info_error"):
+            tz_txt += f", build_info unavailable ({tzd['build_info_error']})"
+    else:
+        tz_txt = f"tzfast not importable ({tzd.get('error', '?')})"
+    parts = [
+        f"CPU {cpu['model']} ({cpu['logical_cpus']} logical CPUs; {' '.join(cpu['simd_flags']) or 'no listed SIMD flags'})",
+        f"threads {machine['threads']} (torch.get_num_threads()={machine['torch_num_threads']}, "
+        f"OMP_PROC_BIND={machine['OMP_PROC_BIND']})",
+        f"torch {machine['torch']} (cpu capability {machine['torch_cpu_capability']})",
+        tz_txt,
+    ]
+    ax = machine.get("axpy")
+    if ax:
+        parts.append(
+            f"axpy `a.add_(b, alpha=s)` fp32, {ax['numel'] / 2**20:.0f} Mi elements "
+            f"({ax['working_set_MB']:.0f} MB working set, 12 B/element): "
+            f"{ax['gbps_med']:.1f} GB/s median, {ax['gbps_best']:.1f} GB/s best"
+        )
+    if machine.get("loadavg_1m") is not None:
+        parts.append(f"load average {machine['loadavg_1m']:.2f} at start")
+    return "Machine: " + " · ".join(parts)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+@dataclass
+class Variant:
+    """One thing to time: ``step()`` runs one optimizer step (or one reference op)."""
+
+    name: str
+    role: str  # "tzfast", "peer" or "ref"
+    step: Callable[[], None]
+    max_reps: int | None = None
+
+
+@dataclass
+class TimingStats:
+    times_s: list[float]  # seconds per step, one entry per repetition
+    inner: int  # steps per repetition (the repetition time is divided by this)
+    note: str = ""
+
+    @property
+    def reps(self) -> int:
+        return len(self.times_s)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.times_s)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    @property
+    def min_us(self) -> float:
+        return self.min_s * 1e6
+
+    @property
+    def median_us(self) -> float:
+        return self.median_s * 1e6
+
+
+def time_interleaved(
+    variants: Sequence[Variant],
+    reps: int,
+    warmup: int = 2,
+    min_rep_s: float = 0.05,
+    max_variant_s: float = 60.0,
+    min_reps_when_slow: int = 3,
+) -> dict[str, TimingStats]:
+    """Time ``variants`` interleaved (A B C, C B A, A B C, ...) after a warm-up.
+
+    Each repetition runs ``inner`` steps back to back (``inner`` is chosen from the
+    warm-up so a repetition lasts at least ``min_rep_s``) and records the time per step.
+    A variant whose repetitions would take longer than ``max_variant_s`` in total gets
+    ``min_reps_when_slow`` repetitions instead, and says so in its note. The direction of
+    each round alternates so no variant always runs right after the same neighbour.
+    """
+    if reps < 1:
+        raise ValueError(f"reps must be >= 1, got {reps}")
+    estimates: dict[str, float] = {}
+    for i in range(max(1, warmup)):
+        for v in variants:
+            t0 = time.perf_counter()
+            v.step()
+            estimates[v.name] = time.perf_counter() - t0  # keep the last warm-up step
+
+    plan: dict[str, tuple[int, int]] = {}
+    notes: dict[str, str] = {}
+    for v in variants:
+        est = max(estimates[v.name], 1e-7)
+        inner = max(1, min(10_000, math.ceil(min_rep_s / est)))
+        n = reps if v.max_reps is None else min(reps, v.max_reps)
+        if n > min_reps_when_slow and est * inner * n > max_variant_s:
+            notes[v.name] = (
+                f"{min_reps_when_slow} repetitions instead of {n}: {n} would take "
+                f"~{est * inner * n:.0f} s (> {max_variant_s:.0f} s)"
+            )
+            n = min_reps_when_slow
+        plan[v.name] = (inner, n)
+
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    rounds = max(n for _, n in plan.values())
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            order = list(variants) if r % 2 == 0 else list(reversed(variants))
+            for v in order:
+                inner, n = plan[v.name]
+                if r >= n:
+                    continue
+                t0 = time.perf_counter_ns()
+                for _ in range(inner):
+                    v.step()
+                dt = (time.perf_counter_ns() - t0) * 1e-9
+                times[v.name].append(dt / inner)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {v.name: TimingStats(times[v.name], plan[v.name][0], notes.get(v.name, "")) for v in variants}
+
+
+# --------------------------------------------------------------------------- correctness
+
+
+@dataclass
+class CheckResult:
+    """Outcome of comparing one variant's updates with the reference's."""
+
+    against: str
+    passed: bool = True
+    steps_checked: int = 0
+    max_abs_diff: float = 0.0
+    max_rel_diff: float = 0.0  # max |d - d_ref| / max |d_ref|, over the checked steps
+    bad_elements: int = 0
+    allowed_bad_elements: int = 0
+    numel: int = 0
+    detail: str = ""
+    errors: list[str] = field(default_factory=list)
+
+    def merge_step(self, other: CheckResult) -> None:
+        self.steps_checked += 1
+        self.max_abs_diff = max(self.max_abs_diff, other.max_abs_diff)
+        self.max_rel_diff = max(self.max_rel_diff, other.max_rel_diff)
+        self.bad_elements = max(self.bad_elements, other.bad_elements)
+        self.allowed_bad_elements = other.allowed_bad_elements
+        self.numel = other.numel
+        if not other.passed:
+            self.passed = False
+            self.errors.append(other.detail)
+
+    def summary(self) -> str:
+        if self.passed:
+            txt = f"pass (max rel {self.max_rel_diff:.1e}"
+            if self.bad_elements:
+                txt += f", {self.bad_elements} tolerated outliers"
+            return txt + ")"
+        return f"FAIL in {len(self.errors)} of {self.steps_checked} steps: {self.errors[0] if self.errors else '?'}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "against": self.against,
+            "passed": self.passed,
+            "steps_checked": self.steps_checked,
+            "max_abs_diff": self.max_abs_diff,
+            "max_rel_diff": self.max_rel_diff,
+            "bad_elements": self.bad_elements,
+            "allowed_bad_elements": self.allowed_bad_elements,
+            "numel": self.numel,
+            "errors": self.errors,
+        }
+
+
+def compare_updates(
+    against: str,
+    ref_delta: Sequence[torch.Tensor],
+    delta: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    rtol: float,
+    allowed_bad_fraction: float = 0.0,
+) -> CheckResult:
+    """Elementwise check of one step's update ``delta`` against ``ref_delta``.
+
+    An element passes when
+    ``|d - d_ref| <= rtol * (|d_ref| + max|d_ref|) + 2 * ulp32(|p|)``:
+    relative to the element, with a floor of ``rtol`` times the update's scale (so elements
+    whose update is ~0 are not held to an impossible relative bar), plus two float32 ulps of
+    the parameter because the update is read back as the difference of two float32
+    parameter vectors. ``allowed_bad_fraction`` tolerates that fraction of outliers (used
+    for sign-based rules, where a tie at ~0 may round to either sign).
+    """
+    import torch
+
+    res = CheckResult(against=against)
+    if len(ref_delta) != len(delta):
+        res.passed = False
+        res.detail = f"{len(delta)} tensors vs {len(ref_delta)} in the reference"
+        return res
+    scale = max((float(d.abs().max()) for d in ref_delta if d.numel()), default=0.0)
+    eps32 = float(torch.finfo(torch.float32).eps)
+    numel = 0
+    bad = 0
+    max_abs = 0.0
+    nonfinite = 0
+    for dr, d, p in zip(ref_delta, delta, params):
+        if dr.shape != d.shape:
+            res.passed = False
+            res.detail = f"shape {tuple(d.shape)} vs {tuple(dr.shape)} in the reference"
+            return res
+        numel += d.numel()
+        if d.numel() == 0:
+            continue
+        dr64 = dr.double()
+        diff = (d.double() - dr64).abs_()
+        nonfinite += int((~torch.isfinite(diff)).sum())
+        tol = dr64.abs_().add_(scale).mul_(rtol).add_(p.detach().double().abs_().mul_(2 * eps32))
+        bad += int((diff > tol).sum())
+        max_abs = max(max_abs, float(diff.nan_to_num(nan=math.inf).max()))
+        del dr64, diff, tol
+    allowed = int(allowed_bad_fraction * numel)
+    res.numel = numel
+    res.max_abs_diff = max_abs
+    res.max_rel_diff = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    res.bad_elements = bad
+    res.allowed_bad_elements = allowed
+    if nonfinite or bad > allowed or (scale == 0.0 and max_abs > 0):
+        res.passed = False
+        res.detail = (
+            f"{bad} of {numel} elements outside tolerance (allowed {allowed}), "
+            f"{nonfinite} non-finite, max |diff| {max_abs:.3e}, update scale {scale:.3e}"
+        )
+    return res
+
+
+# --------------------------------------------------------------------------- context
+
+
+@dataclass
+class Context:
+    """What a benchmark's ``run`` receives inside a worker process."""
+
+    quick: bool
+    reps: int
+    threads: int
+    machine: dict[str, Any]
+    min_rep_s: float
+    max_variant_s: float = 60.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def axpy_gbps_med(self) -> float | None:
+        ax = self.machine.get("axpy")
+        return None if not ax else float(ax["gbps_med"])
+
+    @property
+    def axpy_gbps_best(self) -> float | None:
+        ax = self.machine.get("axpy")
+        return None if not ax else float(ax["gbps_best"])
+
+
+# --------------------------------------------------------------------------- report helpers
+
+
+def fmt_us(x: float | None) -> str:
+    if x is None:
+        return "—"
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def fmt_float(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}x"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
