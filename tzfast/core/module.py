@@ -165,8 +165,8 @@ class Module(ABC):
     def _runs(self, layout: Layout, bucket: Bucket) -> list[Run]:
         """Contiguous slices of ``bucket`` whose parameters share their settings (cached)."""
         lv = versions()[1]
-        key = (layout.token, bucket.index)
-        hit = self._runs_cache.get(key)
+        cache_key = (layout.token, bucket.index)
+        hit = self._runs_cache.get(cache_key)
         if hit is not None and hit[0] == lv:
             return hit[1]
         runs: list[Run] = []
@@ -178,17 +178,17 @@ class Module(ABC):
             for j in range(ps, pe):
                 s = settings[bucket.params[j]]
                 own = bool(s.maps[0]) or (group is None and bool(s.maps[1]))
-                key = None if own else ("group", id(group)) if group is not None else ("defaults",)
-                if key is not None and key == last_key:
+                merge = None if own else ("group", id(group)) if group is not None else ("defaults",)
+                if merge is not None and merge == last_key:
                     r = runs[-1]
                     r.pend = j + 1
                     r.eend = offs[j + 1]
                     continue
                 runs.append(Run(j, j + 1, offs[j], offs[j + 1], s, whole=False))
-                last_key = key
+                last_key = merge
         if len(runs) == 1 and runs[0].pstart == 0 and runs[0].pend == n:
             runs[0].whole = True
-        self._runs_cache[key] = (lv, runs)
+        self._runs_cache[cache_key] = (lv, runs)
         return runs
 
     def _invalidate_flat(self) -> None:
