@@ -370,7 +370,7 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
             rows.append(_row(chain, shape, live.name, live.role, live.kind, "error", reason=live.error))
             continue
         if live is ref and ref.role == "tzfast":
-            check_json = tz_check.to_json() if tz_check else None
+            check_json = dict(tz_check.to_json(), against="torchzero") if tz_check else None
         elif live is ref:
             check_json = {"against": "self", "passed": True, "reference": True,
                           "note": "oracle (tzfast unavailable): peers are checked against it"}
@@ -624,7 +624,10 @@ def plot(runs: Sequence[dict[str, Any]], out_dir: Any, plt: Any) -> list[str]:
     plt.close(fig)
     paths.append(p)
 
-    fig, axes = plt.subplots(1, len(shape_keys), figsize=(6.5 * len(shape_keys), 3.8), squeeze=False)
+    n_labels = max(1, sum(1 for r in valid[0]["result"]["cases"] for row in r["rows"] if row["role"] == "peer")
+                   // max(1, len(shape_keys)))
+    fig, axes = plt.subplots(1, len(shape_keys), figsize=(6.5 * len(shape_keys), 1.2 + 0.45 * n_labels),
+                             squeeze=False)
     for j, skey in enumerate(shape_keys):
         ax = axes[0][j]
         labels: list[str] = []
@@ -635,23 +638,26 @@ def plot(runs: Sequence[dict[str, Any]], out_dir: Any, plt: Any) -> list[str]:
                     continue
                 for r in c["rows"]:
                     if r["role"] == "peer" and r["speedup_med"] is not None:
-                        lab = f"{c['chain']}\n{r['kind']}"
+                        lab = f"{c['chain']} vs {r['kind']}"
                         if lab not in labels:
                             labels.append(lab)
-                        series.setdefault(f"{run_['threads']} thr", {})[lab] = r["speedup_med"]
+                        series.setdefault(f"{run_['threads']} thread(s)", {})[lab] = r["speedup_med"]
         if not labels:
             ax.set_title(f"({skey}): no tzfast speedups (tzfast unavailable or unchecked)", fontsize=9)
+            ax.set_axis_off()
             continue
-        width = 0.8 / max(1, len(series))
+        height = 0.8 / max(1, len(series))
         for si, (name, vals) in enumerate(series.items()):
-            xs = [li + (si - (len(series) - 1) / 2) * width for li, lab in enumerate(labels) if lab in vals]
-            ys = [vals[lab] for lab in labels if lab in vals]
-            ax.bar(xs, ys, width, label=name)
-        ax.set_xticks(range(len(labels)), labels, fontsize=7)
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_yscale("log")
-        ax.set_ylabel("peer time / tzfast time")
-        ax.set_title(f"({skey}) tzfast speedup (median; > 1 = tzfast faster)", fontsize=9)
+            ys = [li + (si - (len(series) - 1) / 2) * height for li, lab in enumerate(labels) if lab in vals]
+            xs = [vals[lab] for lab in labels if lab in vals]
+            ax.barh(ys, xs, height, label=name)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _pos: f"{v:g}x"))
+        ax.set_xlabel("peer time / tzfast time (median; > 1: tzfast faster)")
+        ax.set_title(f"({skey}) tzfast speedup", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     p = os.path.join(str(out_dir), "B1_speedup.png")
