@@ -178,8 +178,8 @@ void ema_sq_cuda(at::TensorList tensors, const at::Tensor& exp_avg_sq,
 void unary_cuda(at::TensorList tensors, at::TensorList out, int64_t op_code, double a, double b,
                 double out_scale, bool accumulate) {
   const char* op = "unary_";
-  TORCH_CHECK(op_code >= 0 && op_code <= 4, "tzfast::", op, ": expected op to be one of ",
-              ops::unary_codes_text(), ", got ", op_code);
+  TORCH_CHECK(op_code >= 0 && op_code < 5, "tzfast::", op, ": unknown op code ", op_code,
+              "; accepted codes: ", ops::unary_codes_text());
   at::Device device(at::kCUDA);
   ops::PreparedCall call = prepare(op, tensors, {}, false, out, accumulate, {}, &device);
   run(op, call, device, [&](DType dtype, const SegmentTable& table, cudaStream_t stream) {
