@@ -1,0 +1,229 @@
+"""State: a ``state_dict`` round trip in the middle of a run reproduces the uninterrupted run.
+
+The state is saved with ``torch.save`` to a BytesIO, loaded with ``torch.load`` into a freshly
+built optimizer over fresh copies of the parameters, and the run goes on; every later step must
+be bitwise equal to the run that was never interrupted.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+import tzfast as tz
+from conftest import flat, make_closure, make_problem, train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+CHAINS: dict[str, Callable[[Any], list]] = {
+    "adam_amsgrad": lambda m: [m.Adam(amsgrad=True), m.LR(1e-2)],
+    "adam_pow3": lambda m: [m.Adam(0.8, 0.95, pow=3, alpha=0.5), m.LR(1e-2)],
+    "heavyball": lambda m: [m.HeavyBall(0.9), m.LR(1e-2)],
+    "nag": lambda m: [m.NAG(0.9, dampening=0.1), m.LR(1e-2)],
+    "nag_lerp": lambda m: [m.NAG(0.9, lerp=True), m.LR(1e-2)],
+    "ema_debias": lambda m: [m.EMA(0.9, debias=True, ema_init="update"), m.LR(1e-2)],
+    "sqrt_emasq": lambda m: [m.DivModules(m.Identity(), [m.SqrtEMASquared(0.99, amsgrad=True, debiased=True),
+                                                         m.Add(1e-3)]), m.LR(1e-2)],
+    "emasq_debias2": lambda m: [m.DivModules(m.Identity(), [m.EMASquared(0.99), m.Sqrt(), m.Debias2(0.99),
+                                                            m.Add(1e-3)]), m.LR(1e-2)],
+    "debias": lambda m: [m.EMA(0.9), m.Debias(beta1=0.9, beta2=0.99), m.LR(1e-2)],
+    "adam_from_parts": lambda m: [m.DivModules([m.EMA(0.9), m.Debias(beta1=0.9)],
+                                               [m.SqrtEMASquared(0.999, debiased=True), m.Add(1e-8)]), m.LR(1e-2)],
+    "wd_adam_clipnorm": lambda m: [m.WeightDecay(0.1), m.Adam(), m.ClipNorm(0.1, dim="global"), m.LR(1e-2)],
+    "target_grad": lambda m: [m.Mul(2.0), m.EMA(0.9, target="grad"), m.Add(m.Grad()), m.LR(1e-2)],
+    "adam_not_fused": lambda m: [m.Adam(), m.LR(1e-2), m.Clone()],
+}
+
+
+def _save_load(sd: dict) -> dict:
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf)
+
+
+def _fresh_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A newly built model holding copies of ``model``'s current parameter values."""
+    fresh, _, _ = make_problem(99)
+    with torch.no_grad():
+        for p, q in zip(fresh.parameters(), model.parameters()):
+            p.copy_(q)
+    return fresh
+
+
+@pytest.mark.parametrize("closure", [True, False], ids=["closure", "no_closure"])
+@pytest.mark.parametrize("name", list(CHAINS))
+def test_state_dict_round_trip_mid_run_reproduces_uninterrupted_run(name: str, closure: bool) -> None:
+    make = CHAINS[name]
+    model, x, y = make_problem(0)
+    opt = tz.Optimizer(model.parameters(), *make(tz.m))
+    uninterrupted = train(opt, model, x, y, 20, closure)
+
+    model, x, y = make_problem(0)
+    opt = tz.Optimizer(model.parameters(), *make(tz.m))
+    first = train(opt, model, x, y, 10, closure)
+    sd = _save_load(opt.state_dict())
+
+    model2 = _fresh_copy(model)
+    opt2 = tz.Optimizer(model2.parameters(), *make(tz.m))
+    opt2.load_state_dict(sd)
+    second = train(opt2, model2, x, y, 10, closure)
+    assert torch.equal(torch.cat([first, second]), uninterrupted)
+
+
+def test_load_state_dict_into_same_optimizer_rewinds_the_run() -> None:
+    """Loading an earlier state (and parameters) into the live optimizer replays the same steps."""
+    model, x, y = make_problem(0)
+    opt = tz.Optimizer(model.parameters(), tz.m.Adam(amsgrad=True), tz.m.HeavyBall(0.5), tz.m.LR(1e-2))
+    train(opt, model, x, y, 5, True)
+    sd = _save_load(opt.state_dict())
+    params_at_5 = [p.detach().clone() for p in model.parameters()]
+    once = train(opt, model, x, y, 5, True)
+    opt.load_state_dict(sd)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), params_at_5):
+            p.copy_(q)
+    again = train(opt, model, x, y, 5, True)
+    assert torch.equal(again, once)
+
+
+def test_state_dict_restores_param_group_settings_changed_mid_run() -> None:
+    """As in torch.optim, a group's hyper-parameters (here an lr a scheduler lowered) are restored."""
+    def build(model: torch.nn.Module) -> tz.Optimizer:
+        groups = [{"params": [model.cube, model.gain], "lr": 0.05},
+                  {"params": [p for n, p in model.named_parameters() if n not in ("cube", "gain")]}]
+        return tz.Optimizer(groups, tz.m.Adam(), tz.m.LR(1e-2))
+
+    model, x, y = make_problem(0)
+    opt = build(model)
+
+    def lower_lr(i: int) -> None:
+        if i == 4:
+            opt.param_groups[0]["lr"] = 0.001
+            opt.param_groups[1]["lr"] = 0.002
+
+    uninterrupted = train(opt, model, x, y, 12, True, after_step=lower_lr)
+
+    model, x, y = make_problem(0)
+    opt = build(model)
+    first = train(opt, model, x, y, 6, True, after_step=lower_lr)
+    sd = _save_load(opt.state_dict())
+    model2 = _fresh_copy(model)
+    opt2 = build(model2)
+    opt2.load_state_dict(sd)
+    assert opt2.param_groups[0]["lr"] == 0.001 and opt2.param_groups[1]["lr"] == 0.002
+    second = train(opt2, model2, x, y, 6, True)
+    assert torch.equal(torch.cat([first, second]), uninterrupted)
+
+
+def test_state_dict_restores_module_local_settings() -> None:
+    """Settings given by ``module.set_param_groups`` travel in the state dict."""
+    def build(model: torch.nn.Module, local: bool) -> tz.Optimizer:
+        adam = tz.m.Adam()
+        if local:
+            adam.set_param_groups([{"params": [model.fc1.weight], "beta1": 0.5, "eps": 1e-3}])
+        return tz.Optimizer(model.parameters(), adam, tz.m.LR(1e-2))
+
+    model, x, y = make_problem(0)
+    uninterrupted = train(build(model, True), model, x, y, 10, True)
+
+    model, x, y = make_problem(0)
+    opt = build(model, True)
+    first = train(opt, model, x, y, 5, True)
+    sd = _save_load(opt.state_dict())
+    model2 = _fresh_copy(model)
+    opt2 = build(model2, False)
+    opt2.load_state_dict(sd)
+    assert opt2.flat_modules[0].settings[model2.fc1.weight]["beta1"] == 0.5
+    assert opt2.flat_modules[0].settings[model2.fc2.weight]["beta1"] == 0.9
+    second = train(opt2, model2, x, y, 5, True)
+    assert torch.equal(torch.cat([first, second]), uninterrupted)
+
+
+def test_loaded_state_is_visible_and_live_under_module_state() -> None:
+    """After loading, ``module.state[p]`` holds the saved values and the next step updates them."""
+    model, x, y = make_problem(0)
+    opt = tz.Optimizer(model.parameters(), tz.m.Adam(), tz.m.LR(1e-2))
+    train(opt, model, x, y, 3, True)
+    sd = _save_load(opt.state_dict())
+    saved = opt.flat_modules[0].state[model.fc1.weight]["exp_avg"].clone()
+
+    model2 = _fresh_copy(model)
+    opt2 = tz.Optimizer(model2.parameters(), tz.m.Adam(), tz.m.LR(1e-2))
+    opt2.load_state_dict(sd)
+    st = opt2.flat_modules[0].state[model2.fc1.weight]
+    assert torch.equal(st["exp_avg"], saved)
+    train(opt2, model2, x, y, 1, True)
+    live = opt2.flat_modules[0].state[model2.fc1.weight]["exp_avg"]
+    assert live.shape == model2.fc1.weight.shape
+    assert not torch.equal(live, saved)
+    # the value the next step uses is the one the user sees
+    train(opt, model, x, y, 1, True)
+    assert torch.equal(live, opt.flat_modules[0].state[model.fc1.weight]["exp_avg"])
+
+
+def test_state_dict_is_portable_and_references_parameters_by_index() -> None:
+    """No parameter tensor is stored: loading works in a fresh process over new tensors."""
+    model, x, y = make_problem(0)
+    opt = tz.Optimizer(model.parameters(), tz.m.Adam(), tz.m.LR(1e-2))
+    train(opt, model, x, y, 2, True)
+    sd = opt.state_dict()
+    param_ids = {id(p) for p in model.parameters()}
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            assert id(obj) not in param_ids
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+
+    walk(sd)
+    assert [g["params"] for g in sd["param_groups"]] == [list(range(len(list(model.parameters()))))]
+
+
+def test_load_state_dict_with_other_modules_raises() -> None:
+    model, x, y = make_problem(0)
+    opt = tz.Optimizer(model.parameters(), tz.m.Adam(), tz.m.LR(1e-2))
+    train(opt, model, x, y, 1, True)
+    sd = opt.state_dict()
+    other = tz.Optimizer(model.parameters(), tz.m.HeavyBall(), tz.m.LR(1e-2))
+    with pytest.raises(ValueError, match="module mismatch"):
+        other.load_state_dict(sd)
+    fewer = tz.Optimizer(list(model.parameters())[:3], tz.m.Adam(), tz.m.LR(1e-2))
+    with pytest.raises(ValueError, match="param groups do not match"):
+        fewer.load_state_dict(sd)
+
+
+def test_state_dict_round_trip_with_closure_free_loss_argument() -> None:
+    """``step(loss=...)`` runs survive a round trip as well (the loss is not state)."""
+    model, x, y = make_problem(0)
+    opt = tz.Optimizer(model.parameters(), tz.m.NAG(0.9), tz.m.LR(1e-2))
+    cl = make_closure(opt, model, x, y)
+    ref = []
+    for _ in range(6):
+        loss = cl()
+        opt.step(loss=loss)
+        ref.append(flat(model.parameters()))
+
+    model, x, y = make_problem(0)
+    opt = tz.Optimizer(model.parameters(), tz.m.NAG(0.9), tz.m.LR(1e-2))
+    cl = make_closure(opt, model, x, y)
+    out = []
+    for _ in range(3):
+        opt.step(loss=cl())
+        out.append(flat(model.parameters()))
+    sd = _save_load(opt.state_dict())
+    model2 = _fresh_copy(model)
+    opt2 = tz.Optimizer(model2.parameters(), tz.m.NAG(0.9), tz.m.LR(1e-2))
+    opt2.load_state_dict(sd)
+    cl2 = make_closure(opt2, model2, x, y)
+    for _ in range(3):
+        opt2.step(loss=cl2())
+        out.append(flat(model2.parameters()))
+    assert torch.equal(torch.stack(out), torch.stack(ref))
