@@ -78,7 +78,9 @@ if(TZFAST_NVCC)
     COMMAND "${CMAKE_COMMAND}" -E echo
             "CUDA compile check passed: ${_tz_n_sources} file(s) x sm {${TZFAST_CUDA_CHECK_ARCHS}} with ${TZFAST_NVCC}"
     VERBATIM)
+  message(STATUS "tzfast: cuda_compile_check uses ${TZFAST_NVCC} for sm {${TZFAST_CUDA_CHECK_ARCHS}}")
 else()
+  message(STATUS "tzfast: nvcc not found: CUDA compile check skipped")
   add_custom_target(cuda_compile_check
     COMMAND "${CMAKE_COMMAND}" -E echo "nvcc not found: CUDA compile check skipped"
     VERBATIM)
