@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .derivatives import DerivativesMixin
 from .layout import Layout
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def _closure_backward(closure: Callable, params: Sequence[torch.Tensor], backwar
     return loss
 
 
-class Objective:
+class Objective(DerivativesMixin):
     """Holds the parameters, the closure, the loss, the gradient and the current update.
 
     Modules receive an ``Objective``, transform it and pass it on. The final ``updates`` are
