@@ -51,13 +51,13 @@ class OddNet(nn.Module):
 
 
 def make_problem(seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[OddNet, torch.Tensor, torch.Tensor]:
-    """A fresh ``OddNet`` and a regression data set, deterministic in ``seed``."""
+    """A fresh ``OddNet`` and a regression data set, deterministic in ``seed`` (drawn in float32 for every dtype)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = OddNet().to(dtype)
-    x = torch.randn(24, 5, generator=g, dtype=dtype)
-    y = torch.sin(x.sum(1, keepdim=True)) + 0.1 * torch.randn(24, 1, generator=g, dtype=dtype)
-    return model, x, y
+    x = torch.randn(24, 5, generator=g)
+    y = torch.sin(x.sum(1, keepdim=True)) + 0.1 * torch.randn(24, 1, generator=g)
+    return model, x.to(dtype), y.to(dtype)
 
 
 def flat(tensors: Any) -> torch.Tensor:
