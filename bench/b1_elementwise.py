@@ -262,7 +262,7 @@ def _row(chain: Chain, shape: Shape, name: str, role: str, kind: str, status: st
 
 
 def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad_steps: Sequence[Sequence[Any]],
-             tz: Any | None, tz_reason: str) -> dict[str, Any]:
+             scratch: tuple[list[Any], list[Any]], tz: Any | None, tz_reason: str) -> dict[str, Any]:
     import torch
     import torchzero
 
@@ -291,19 +291,22 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
     ref = lives[0]  # tzfast when available, else torchzero
     for live in lives[1:]:
         live.check = CheckResult(against=ref.name)
+    # two persistent buffer sets: `work` snapshots params before a step and then holds that
+    # step's update; `ref_delta` keeps the reference's update while the others step
+    work, ref_delta = scratch
     for k, gsrc in enumerate(grad_steps):
-        ref_delta: list[Any] | None = None
         for live in lives:
             if live.error:
                 continue
             with torch.no_grad():
-                for g, s in zip(live.grads, gsrc):
+                for g, src in zip(live.grads, gsrc):
                     if chain.grad_floor:
-                        torch.abs(s, out=g)
-                        g.add_(chain.grad_floor).copysign_(s)
+                        torch.abs(src, out=g)
+                        g.add_(chain.grad_floor).copysign_(src)
                     else:
-                        g.copy_(s)
-                before = [p.detach().clone() for p in live.params]
+                        g.copy_(src)
+                for w, p in zip(work, live.params):
+                    w.copy_(p)
             try:
                 if k == 0 and live.prime is not None:
                     live.prime(live.opt, live.params)
@@ -315,26 +318,24 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
                     break
                 continue
             with torch.no_grad():
-                delta = [p.detach() - b for p, b in zip(live.params, before)]
-            del before
+                for w, p in zip(work, live.params):
+                    torch.sub(p.detach(), w, out=w)
             if live is ref:
-                ref_delta = delta
+                work, ref_delta = ref_delta, work
                 continue
-            assert live.check is not None and ref_delta is not None
-            step_res = common.compare_updates(ref.name, ref_delta, delta, live.params, RTOL, chain.allowed_bad_fraction)
+            assert live.check is not None
+            step_res = common.compare_updates(ref.name, ref_delta, work, live.params, RTOL, chain.allowed_bad_fraction)
             step_res.detail = f"step {k + 1}: {step_res.detail}"
             live.check.merge_step(step_res)
-            del delta
         if ref.error:
             break
-        del ref_delta
 
     if ref.error and ref.role == "tzfast":
         # tzfast broke: say so and fall back to peers-only against torchzero
         reason = f"tzfast {ref.error}"
         del lives
         gc.collect()
-        res = run_case(ctx, chain, shape, init, grad_steps, None, reason)
+        res = run_case(ctx, chain, shape, init, grad_steps, scratch, None, reason)
         res["rows"][0]["status"] = "error"
         return res
 
@@ -360,7 +361,7 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
     # ---- timing, interleaved, only what passed its check
     timed = [lv for lv in lives if checks_ok.get(lv.name) and not lv.error]
     variants = [Variant(lv.name, lv.role, lv.opt.step) for lv in timed]
-    stats = common.time_interleaved(variants, reps=ctx.reps, warmup=2, min_rep_s=ctx.min_rep_s,
+    stats = common.time_interleaved(variants, reps=ctx.reps, warmup=1, min_rep_s=ctx.min_rep_s,
                                     max_variant_s=ctx.max_variant_s) if variants else {}
 
     bytes_per_step = chain.bytes_per_param * shape.numel
@@ -446,6 +447,7 @@ def run(ctx: Context) -> dict[str, Any]:
         init = [torch.randn(shape.tensor_shape, generator=gen).mul_(PARAM_SCALE) for _ in range(shape.count)]
         grad_steps = [[torch.randn(shape.tensor_shape, generator=gen) for _ in range(shape.count)]
                       for _ in range(CHECK_STEPS)]
+        scratch = ([torch.empty_like(t) for t in init], [torch.empty_like(t) for t in init])
         for chain in chain_list:
             tz, reason = tz_by_chain[chain.name]
             if chain.optional and tz is None:
@@ -454,8 +456,8 @@ def run(ctx: Context) -> dict[str, Any]:
                     result["notes"].append(note)
                     log(note)
                 continue
-            result["cases"].append(run_case(ctx, chain, shape, init, grad_steps, tz, reason))
-        del init, grad_steps
+            result["cases"].append(run_case(ctx, chain, shape, init, grad_steps, scratch, tz, reason))
+        del init, grad_steps, scratch
         gc.collect()
     return result
 

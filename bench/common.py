@@ -84,10 +84,6 @@ def load_tzfast(*module_names: str) -> tuple[Any | None, str]:
 
     Returns ``(tzfast_module, "")`` or ``(None, reason)``.
     """
-    if os.environ.get("TZFAST_BENCH_STUB") == "torchzero":  # STUB-REMOVE: dev-only stand-in
-        import torchzero as _stub
-
-        return _stub, ""
     try:
         import tzfast as tz
     except Exception as exc:  # noqa: BLE001 - any import failure means "unavailable"
@@ -256,13 +252,17 @@ def time_interleaved(
     min_rep_s: float = 0.05,
     max_variant_s: float = 60.0,
     min_reps_when_slow: int = 3,
+    slow_step_s: float = 0.25,
+    reps_when_slow_step: int = 5,
 ) -> dict[str, TimingStats]:
     """Time ``variants`` interleaved (A B C, C B A, A B C, ...) after a warm-up.
 
     Each repetition runs ``inner`` steps back to back (``inner`` is chosen from the
     warm-up so a repetition lasts at least ``min_rep_s``) and records the time per step.
     A variant whose repetitions would take longer than ``max_variant_s`` in total gets
-    ``min_reps_when_slow`` repetitions instead, and says so in its note. The direction of
+    ``min_reps_when_slow`` repetitions instead, and one whose step takes longer than
+    ``slow_step_s`` gets at most ``reps_when_slow_step`` (the rulebook's minimum of 5);
+    both say so in the variant's note. The direction of
     each round alternates so no variant always runs right after the same neighbour.
     """
     if reps < 1:
@@ -280,6 +280,9 @@ def time_interleaved(
         est = max(estimates[v.name], 1e-7)
         inner = max(1, min(10_000, math.ceil(min_rep_s / est)))
         n = reps if v.max_reps is None else min(reps, v.max_reps)
+        if est > slow_step_s and n > reps_when_slow_step:
+            notes[v.name] = f"{reps_when_slow_step} repetitions instead of {n}: ~{est:.2f} s per step"
+            n = reps_when_slow_step
         if n > min_reps_when_slow and est * inner * n > max_variant_s:
             notes[v.name] = (
                 f"{min_reps_when_slow} repetitions instead of {n}: {n} would take "
@@ -362,6 +365,9 @@ class CheckResult:
         }
 
 
+_CHUNK = 1 << 20  # elements per slice in compare_updates: scratch stays small and reused
+
+
 def compare_updates(
     against: str,
     ref_delta: Sequence[torch.Tensor],
@@ -377,44 +383,67 @@ def compare_updates(
     relative to the element, with a floor of ``rtol`` times the update's scale (so elements
     whose update is ~0 are not held to an impossible relative bar), plus two float32 ulps of
     the parameter because the update is read back as the difference of two float32
-    parameter vectors. ``allowed_bad_fraction`` tolerates that fraction of outliers (used
-    for sign-based rules, where a tie at ~0 may round to either sign).
+    parameter vectors. NaN or inf anywhere fails. ``allowed_bad_fraction`` tolerates that
+    fraction of outliers (used for sign-based rules, where a tie at ~0 may round either way).
+
+    Works through the tensors in slices of ``_CHUNK`` elements with reused scratch buffers:
+    fresh multi-megabyte allocations are page-faulted on every use and slow on these VMs.
     """
     import torch
 
     res = CheckResult(against=against)
-    if len(ref_delta) != len(delta):
+    if len(ref_delta) != len(delta) or len(delta) != len(params):
         res.passed = False
         res.detail = f"{len(delta)} tensors vs {len(ref_delta)} in the reference"
         return res
-    scale = max((float(d.abs().max()) for d in ref_delta if d.numel()), default=0.0)
+    scale = 0.0
+    for d in ref_delta:
+        if d.numel():
+            lo, hi = d.aminmax()
+            scale = max(scale, abs(float(lo)), abs(float(hi)))
+    if math.isnan(scale):
+        scale = math.inf
     eps32 = float(torch.finfo(torch.float32).eps)
-    numel = 0
-    bad = 0
+    size = min(_CHUNK, max((d.numel() for d in delta), default=0))
+    diff_buf = torch.empty(size, dtype=torch.float32)
+    tol_buf = torch.empty(size, dtype=torch.float32)
+    tmp_buf = torch.empty(size, dtype=torch.float32)
+    ok_buf = torch.empty(size, dtype=torch.bool)
+    numel = bad = nonfinite = 0
     max_abs = 0.0
-    nonfinite = 0
-    for dr, d, p in zip(ref_delta, delta, params):
-        if dr.shape != d.shape:
-            res.passed = False
-            res.detail = f"shape {tuple(d.shape)} vs {tuple(dr.shape)} in the reference"
-            return res
-        numel += d.numel()
-        if d.numel() == 0:
-            continue
-        dr64 = dr.double()
-        diff = (d.double() - dr64).abs_()
-        nonfinite += int((~torch.isfinite(diff)).sum())
-        tol = dr64.abs_().add_(scale).mul_(rtol).add_(p.detach().double().abs_().mul_(2 * eps32))
-        bad += int((diff > tol).sum())
-        max_abs = max(max_abs, float(diff.nan_to_num(nan=math.inf).max()))
-        del dr64, diff, tol
+    with torch.no_grad():
+        for dr, d, p in zip(ref_delta, delta, params):
+            if dr.shape != d.shape or p.shape != d.shape:
+                res.passed = False
+                res.detail = f"shape {tuple(d.shape)} vs {tuple(dr.shape)} in the reference"
+                return res
+            n = d.numel()
+            numel += n
+            d1, r1, p1 = d.reshape(-1), dr.reshape(-1), p.detach().reshape(-1)
+            for s in range(0, n, size):
+                e = min(n, s + size)
+                m = e - s
+                diff, tol, tmp, ok = diff_buf[:m], tol_buf[:m], tmp_buf[:m], ok_buf[:m]
+                torch.sub(d1[s:e].float(), r1[s:e].float(), out=diff)
+                diff.abs_()
+                torch.abs(r1[s:e].float(), out=tol)
+                tol.add_(scale).mul_(rtol)
+                torch.abs(p1[s:e].float(), out=tmp)
+                tol.add_(tmp, alpha=2 * eps32)
+                torch.le(diff, tol, out=ok)  # NaN compares false: counted as outside
+                bad += m - int(ok.sum())
+                cmax = float(diff.max())
+                if not math.isfinite(cmax):
+                    nonfinite += m - int(torch.isfinite(diff).sum())
+                    cmax = math.inf
+                max_abs = max(max_abs, cmax)
     allowed = int(allowed_bad_fraction * numel)
     res.numel = numel
     res.max_abs_diff = max_abs
     res.max_rel_diff = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
     res.bad_elements = bad
     res.allowed_bad_elements = allowed
-    if nonfinite or bad > allowed or (scale == 0.0 and max_abs > 0):
+    if nonfinite or bad > allowed or not math.isfinite(scale) or (scale == 0.0 and max_abs > 0):
         res.passed = False
         res.detail = (
             f"{bad} of {numel} elements outside tolerance (allowed {allowed}), "

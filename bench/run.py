@@ -217,6 +217,8 @@ def _main_parent(args: argparse.Namespace) -> int:
     ]
     if plot_note:
         header += [f"Note: {plot_note}.", ""]
+    if args.reps is not None and args.reps < 5 and not args.quick:
+        header += [f"Note: --reps {args.reps} is below the rulebook's minimum of 5 repetitions.", ""]
     if errors or failures:
         header += ["**Problems:**", ""] + [f"- {e}" for e in errors + failures] + [""]
     report = "\n".join(header + sections)
