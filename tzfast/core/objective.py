@@ -18,7 +18,15 @@ __all__ = ["Objective", "Var"]
 
 
 def _grads_of(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    """``p.grad`` of each parameter (zeros where None); dense gradients only."""
+    grads = [p.grad for p in params]
+    for i, g in enumerate(grads):
+        if g is None:
+            grads[i] = torch.zeros_like(params[i])
+        elif g.layout != torch.strided:
+            raise RuntimeError(f"the gradient of parameter {i} is {g.layout} (sparse); tzfast modules need dense "
+                               f"gradients — use a dense embedding (sparse=False) or convert with .to_dense()")
+    return grads
 
 
 def _closure_backward(closure: Callable, params: Sequence[torch.Tensor], backward: bool,

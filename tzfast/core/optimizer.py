@@ -12,7 +12,7 @@ from .chain import _flatten, flatten_modules
 from .functional import step as _step
 from .layout import Layout
 from .module import Chainable, Module, _make_param_groups
-from .objective import Objective
+from .objective import Objective, _grads_of
 from .settings import GroupSettings
 
 __all__ = ["Optimizer", "Modular"]
@@ -73,6 +73,8 @@ class Optimizer(torch.optim.Optimizer):
             self.model = params
             params = params.parameters()
         flat_top = _flatten(modules, "tz.Optimizer")
+        if not flat_top:
+            raise RuntimeError("Empty list of modules passed to `Optimizer` (a nested list/tuple holds no module)")
         self.modules: tuple[Module, ...] = tuple(modules) if all(isinstance(m, Module) for m in modules) \
             else tuple(flat_top)
         self._chain: tuple[Module, ...] = tuple(flat_top)
@@ -150,15 +152,7 @@ class Optimizer(torch.optim.Optimizer):
         objective.layout = layout
         objective._fusable = True
         if closure is None:
-            grads = [p.grad for p in params]
-            for i, g in enumerate(grads):
-                if g is None:
-                    grads[i] = torch.zeros_like(params[i])
-                elif g.layout != torch.strided:
-                    raise RuntimeError(f"tz.Optimizer: the gradient of parameter {i} is {g.layout} (sparse); "
-                                       f"tzfast modules need dense gradients — use a dense embedding "
-                                       f"(sparse=False) or convert with .to_dense()")
-            objective.grads = grads
+            objective.grads = _grads_of(params)
         elif not callable(closure):
             raise TypeError(f"tz.Optimizer.step: `closure` must be callable, got {type(closure).__name__}")
         objective = _step(objective, self._chain)
