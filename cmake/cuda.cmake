@@ -143,6 +143,13 @@ if(TZFAST_CUDA)
     "TZFAST_CUDA_ARCHS=\"${_tz_archs_csv}\"")
   set_target_properties(_C PROPERTIES CUDA_RUNTIME_LIBRARY Shared)
   target_link_libraries(_C PRIVATE CUDA::cudart c10_cuda)
+
+  # The CUDA torch (2.14) headers need C++20 (operator<=>, string_view::starts_with).
+  get_target_property(_tz_cxx_std _C CXX_STANDARD)
+  if(NOT _tz_cxx_std OR _tz_cxx_std LESS 20)
+    set_target_properties(_C PROPERTIES CXX_STANDARD 20 CXX_STANDARD_REQUIRED ON)
+  endif()
+
   message(STATUS "tzfast: CUDA kernels enabled for sm {${TZFAST_CUDA_ARCHS}} "
                  "(${CMAKE_CUDA_COMPILER}, CUDA ${CMAKE_CUDA_COMPILER_VERSION})")
 endif()

@@ -17,8 +17,8 @@
 #   6. writes a one-line result to docs/cuda-check-last.txt.
 #
 # Environment: PYTHON (default python3.11), CUDA_HOME (default: /usr/local/cuda, else the
-# toolkit of the nvcc on PATH), TZFAST_CUDA_ARCHS (default "80;90"), PYTEST_ARGS (extra
-# pytest arguments), JOBS (parallel build jobs, default nproc).
+# toolkit of the nvcc on PATH), PYTEST_ARGS (extra pytest arguments), JOBS (parallel build
+# jobs, default nproc).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,7 +31,7 @@ OUT="$ROOT/build-cuda"
 TREE="$OUT/tree"
 BUILD="$OUT/cmake"
 RESULT="$ROOT/docs/cuda-check-last.txt"
-ARCHS="${TZFAST_CUDA_ARCHS:-80;90}"
+ARCHS="80;90"   # cmake/cuda.cmake's default TZFAST_CUDA_ARCHS; build_info() must report both
 
 log() { printf '\n=== cuda-check: %s\n' "$*"; }
 die() { printf '\ncuda-check: FAILED: %s\n' "$*" >&2; exit 1; }
@@ -80,13 +80,14 @@ export PATH="$VENV/bin:$PATH"   # its cmake and ninja
 
 # --- 2. mirror the tree and build -----------------------------------------------------------
 log "mirroring sources into ${TREE#"$ROOT"/}"
-git -C "$ROOT" ls-files -z --cached --others --exclude-standard |
-  "$PY" - "$ROOT" "$TREE" <<'PY'
+git -C "$ROOT" ls-files -z --cached --others --exclude-standard > "$OUT/sources.lst"
+"$PY" - "$ROOT" "$TREE" "$OUT/sources.lst" <<'PY'
 # Copies changed files (content compared by size and mtime, mtimes kept so CMake and ninja
 # rebuild only what changed) and deletes mirrored files that left the source list.
 import os, shutil, sys
-root, tree = sys.argv[1], sys.argv[2]
-files = [f for f in sys.stdin.buffer.read().decode().split("\0") if f]
+root, tree, listing = sys.argv[1], sys.argv[2], sys.argv[3]
+with open(listing, "rb") as fh:
+    files = [f for f in fh.read().decode().split("\0") if f]
 manifest = os.path.join(tree, ".cuda-check-manifest")
 old = set()
 if os.path.exists(manifest):
@@ -124,16 +125,29 @@ if [[ -d "$ROOT/../shared" && ! -e "$OUT/shared" ]]; then
 fi
 
 log "building the CUDA extension (TZFAST_CUDA=1, sm {$ARCHS}) in ${BUILD#"$ROOT"/}"
+# TORCH_CUDA_ARCH_LIST only keeps find_package(Torch) from guessing archs with no GPU to ask;
+# cmake/cuda.cmake drops its flags and sets the kernels' archs itself.
 export TZFAST_CUDA=1 TZFAST_BUILD_DIR="$BUILD" TORCH_CUDA_ARCH_LIST="8.0;9.0"
 export CMAKE_BUILD_PARALLEL_LEVEL="${JOBS:-$(nproc)}"
-# find_package(Torch) with a CUDA torch lists libnvrtc, which the pip wheels ship but a bare
-# toolkit may lack; point it at the wheel's copy.
-NVRTC="$("$PY" -c 'import glob, os, torch
+# ${TORCH_LIBRARIES} of a CUDA torch names libnvrtc, which a toolkit without the runtime
+# compiler libraries (like this machine's) lacks; a NOTFOUND entry there stops CMake's generate
+# step. The torch wheel's own nvidia packages ship it (as libnvrtc.so.N only), so offer
+# find_library an unversioned link to that copy.
+if ! compgen -G "$CUDA_HOME/lib*/libnvrtc.so" >/dev/null; then
+  NVRTC="$("$PY" -c 'import glob, os, torch
 sp = os.path.dirname(os.path.dirname(torch.__file__))
-print(next(iter(sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib", "libnvrtc.so.*")))), ""))')"
-CMAKE_EXTRA=(-DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME" "-DTZFAST_CUDA_ARCHS=$ARCHS")
-[[ -n "$NVRTC" ]] && CMAKE_EXTRA+=(-DCUDA_nvrtc_LIBRARY="$NVRTC")
-export CMAKE_ARGS="${CMAKE_ARGS:+$CMAKE_ARGS }${CMAKE_EXTRA[*]}"
+hits = sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib", "libnvrtc.so.[0-9]*")))
+print(hits[0] if hits else "")')"
+  if [[ -n "$NVRTC" ]]; then
+    mkdir -p "$OUT/libs"
+    ln -sfn "$NVRTC" "$OUT/libs/libnvrtc.so"
+    export CMAKE_LIBRARY_PATH="$OUT/libs${CMAKE_LIBRARY_PATH:+:$CMAKE_LIBRARY_PATH}"
+  fi
+fi
+# A configure that once ran without that link cached CUDA_NVRTC_LIB as NOTFOUND; start over.
+if grep -qs '^CUDA_NVRTC_LIB:FILEPATH=.*NOTFOUND' "$BUILD/CMakeCache.txt"; then
+  rm -f "$BUILD/CMakeCache.txt"
+fi
 (cd "$TREE" && "$PY" setup.py -q build_ext --inplace) || die "the CUDA build failed"
 SO="$(ls "$TREE"/tzfast/_C*.so 2>/dev/null | head -n1)"
 [[ -n "$SO" ]] || die "no tzfast/_C*.so in the mirror after the build"
