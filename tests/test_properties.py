@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import tzfast as tz
-from conftest import assert_traj_close, flat, make_problem, train, trajectory
+from conftest import assert_traj_close, flat, make_closure, make_problem, train, trajectory
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -285,3 +285,127 @@ def test_split_parameters_mixed_dtypes_each_bucket_matches_its_own_run() -> None
     assert a.dtype == torch.float32 and b.dtype == torch.float64
     assert torch.equal(a, a_alone)
     assert torch.equal(b, b_alone)
+
+
+# ---------------------------------------------------------------------- more layouts
+def test_empty_parameters_are_harmless_and_split_invariant() -> None:
+    """Zero-element parameters among the others change nothing (bitwise)."""
+    make = ELEMENTWISE_CHAINS["adam_amsgrad_eps"]
+    whole = _split_run(make, split=False, steps=5)
+    params, loss_fn = _split_problem(split=True)
+    empties = [torch.zeros(0, requires_grad=True), torch.zeros(3, 0, requires_grad=True)]
+    opt = tz.Optimizer([empties[0], *params[:3], empties[1], *params[3:]], *make(tz.m))
+
+    def cl(backward: bool = True) -> torch.Tensor:
+        loss = loss_fn() + sum(e.sum() for e in empties)
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    out = []
+    for _ in range(5):
+        opt.step(cl)
+        out.append(flat(params))
+    assert torch.equal(torch.stack(out), whole)
+
+
+@pytest.mark.parametrize("name", ["adam_amsgrad_eps", "nag", "ema_options", "emasq_pow3_amsgrad", "weight_decay"])
+def test_large_bucket_elementwise_chain_is_bitwise_split_invariant(name: str) -> None:
+    """~100k elements in pieces of odd sizes (one non-contiguous) vs one tensor, two threads:
+    large buckets are where kernels split their work (the fixture restores the thread count)."""
+    torch.set_num_threads(2)
+    make = ELEMENTWISE_CHAINS[name]
+    g = torch.Generator().manual_seed(3)
+    sizes = [1, 65_537, 3, 31_013, 17, 4_099]
+    x0 = torch.randn(sum(sizes), generator=g)
+    grads = [torch.randn(sum(sizes), generator=g) for _ in range(3)]
+
+    def run(split: bool) -> torch.Tensor:
+        if split:
+            params, o = [], 0
+            for i, n in enumerate(sizes):
+                piece = x0[o:o + n]
+                if i == 1:  # non-contiguous: every other column of a (n, 2) buffer
+                    t = torch.empty(n, 2)[:, 0]
+                    t.copy_(piece)
+                else:
+                    t = piece.clone()
+                params.append(t.requires_grad_())
+                o += n
+            assert not params[1].is_contiguous()
+        else:
+            params = [x0.clone().requires_grad_()]
+        opt = tz.Optimizer(params, *make(tz.m))
+        for gr in grads:
+            o = 0
+            for p in params:
+                p.grad = gr[o:o + p.numel()].clone()
+                o += p.numel()
+            opt.step()
+        return flat(params)
+
+    assert torch.equal(run(True), run(False))
+
+
+def _non_contiguous_updates(lib: Any) -> type:
+    class NonContiguousCopy(lib.core.Module):
+        """Outputs the update as non-contiguous tensors with the same values."""
+
+        def __init__(self) -> None:
+            super().__init__({})
+
+        def apply(self, objective: Any) -> Any:
+            out = []
+            for u in objective.get_updates():
+                t = torch.empty(*u.shape, 2, dtype=u.dtype)[..., 1] if u.ndim > 0 else u.clone()
+                t.copy_(u)
+                out.append(t)
+            assert any(not t.is_contiguous() for t in out)
+            objective.updates = out
+            return objective
+
+    return NonContiguousCopy
+
+
+@pytest.mark.parametrize("name", ["adam", "adam_not_fused", "nag", "ema_options", "emasq_sqrt_debias2",
+                                  "sign_abs_sqrt", "clipvalue", "weight_decay", "arithmetic"])
+def test_non_contiguous_updates_give_bitwise_identical_results(name: str) -> None:
+    make = ELEMENTWISE_CHAINS[name]
+    plain = trajectory(tz, make, steps=8)
+    nc = _non_contiguous_updates(tz)
+    permuted = trajectory(tz, lambda m: [nc(), *make(m)], steps=8)
+    assert torch.equal(permuted, plain)
+
+
+CHAINS_FOR_GRAD_CHECK: dict[str, Callable[[Any], list]] = {
+    "adam_fused": lambda m: [m.Adam(), m.LR(1e-2)],
+    "ema_fused": lambda m: [m.EMA(0.9), m.LR(1e-2)],
+    "sign": lambda m: [m.Sign(), m.LR(1e-2)],
+    "clipnorm_global": lambda m: [m.ClipNorm(0.01, dim="global"), m.LR(1e-2)],
+    "normalize": lambda m: [m.Normalize(0.1), m.LR(1e-2)],
+    "clipvalue_grad_target": lambda m: [m.ClipValue(1e-3, target="grad"), m.Adam(), m.LR(1e-2)],
+    "wd_grad_target": lambda m: [m.WeightDecay(0.5, target="grad"), m.Grad(), m.LR(1e-2)],
+    "negate_lr": lambda m: [m.Negate(), m.LR(-1e-2)],
+}
+
+
+@pytest.mark.parametrize("closure", [True, False], ids=["closure", "no_closure"])
+@pytest.mark.parametrize("name", list(CHAINS_FOR_GRAD_CHECK))
+def test_step_leaves_param_grad_as_computed(name: str, closure: bool) -> None:
+    """Like torch.optim, a step never writes into ``p.grad``."""
+    model, x, y = make_problem(0)
+    opt = tz.Optimizer(model.parameters(), *CHAINS_FOR_GRAD_CHECK[name](tz.m))
+    train(opt, model, x, y, 2, closure)
+    params = list(model.parameters())
+    with torch.enable_grad():
+        for p in params:
+            p.grad = None
+        torch.nn.functional.mse_loss(model(x), y).backward()
+    expected = [p.grad.clone() for p in params]
+    if closure:
+        opt.step(make_closure(opt, model, x, y))
+    else:
+        opt.step()
+    for p, g in zip(params, expected):
+        assert torch.equal(p.grad, g)
