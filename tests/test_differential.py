@@ -34,6 +34,9 @@ CASES: dict[str, Any] = {
     "adam_alpha": lambda m: [m.Adam(alpha=0.5), m.LR(1e-2)],
     "adam_amsgrad_alpha_betas": lambda m: [m.Adam(0.5, 0.9, 1e-6, amsgrad=True, alpha=3.0), m.LR(1e-2)],
     "adam_no_debias": lambda m: [m.Adam(debias=False), m.LR(1e-3)],
+    # betas below 0.5: lerp weights above 0.5 take torch's other lerp branch
+    "adam_small_betas": lambda m: [m.Adam(0.3, 0.4, eps=1e-4), m.LR(1e-2)],
+    "adam_beta1_zero_amsgrad": lambda m: [m.Adam(0.0, 0.6, eps=1e-4, amsgrad=True), m.LR(1e-2)],
     "adam_no_lr": lambda m: [m.Adam(alpha=1e-2)],
     "adam_mul_negate_div": lambda m: [m.Adam(), m.Mul(2.0), m.Negate(), m.Negate(), m.Div(4.0), m.LR(1e-2)],
     "lr_only": lambda m: [m.LR(0.1)],
@@ -57,6 +60,10 @@ CASES: dict[str, Any] = {
     "ema_debias": lambda m: [m.EMA(0.9, debias=True), m.LR(1e-2)],
     "ema_all_options": lambda m: [m.EMA(0.8, dampening=0.1, debias=True, lerp=False, ema_init="update"), m.LR(1e-2)],
     "ema_then_adam": lambda m: [m.EMA(0.5), m.Adam(), m.LR(1e-2)],
+    "ema_small_momentum": lambda m: [m.EMA(0.2, dampening=0.5), m.LR(1e-1)],
+    "nag_lerp_small_momentum": lambda m: [m.NAG(0.3, lerp=True), m.LR(5e-2)],
+    "emasq_small_beta_pow3": lambda m: [m.DivModules(m.Identity(), [m.EMASquared(0.3, pow=3), m.Add(0.1)]),
+                                        m.LR(1e-2)],
     # ------------------------------------------------------------------ higher level ops
     "emasq_sqrt_debias2": lambda m: [m.EMASquared(), m.Sqrt(), m.Debias2(), m.LR(1e-3)],
     "emasq_denominator": lambda m: [m.DivModules(m.Identity(), [m.EMASquared(0.99), m.Sqrt(), m.Add(1e-3)]),
@@ -92,6 +99,7 @@ CASES: dict[str, Any] = {
     "wd_ord2_before_adam": lambda m: [m.WeightDecay(0.1), m.Adam(), m.LR(1e-2)],
     "wd_ord1": lambda m: [m.Adam(), m.WeightDecay(0.1, ord=1), m.LR(1e-2)],
     "wd_ord3": lambda m: [m.Adam(), m.WeightDecay(0.5, ord=3), m.LR(1e-2)],
+    "wd_ord4": lambda m: [m.Adam(), m.WeightDecay(0.5, ord=4), m.LR(1e-2)],
     "wd_after_lr": lambda m: [m.Adam(), m.LR(1e-2), m.WeightDecay(1e-2)],
     # ------------------------------------------------------------------ clipping / normalisation
     "clipvalue": lambda m: [m.ClipValue(0.01), m.LR(1e-1)],
@@ -401,3 +409,44 @@ def test_target_params_direct_transforms_parameters_in_place() -> None:
     opt = tz.Optimizer(model.parameters(), tz.m.ClipValue(0.3, target="params_direct"), tz.m.Adam(), tz.m.LR(5e-2))
     actual = train(opt, model, x, y, 20, closure=False)
     assert_traj_close(actual, torch.stack(expected), rtol=RTOL, atol=ATOL)
+
+
+# ---------------------------------------------------------------------- settings per group, unused parameters
+@pytest.mark.parametrize("closure", [True, False], ids=["closure", "no_closure"])
+@pytest.mark.parametrize("chain", ["normalize_value", "clipnorm_global_max", "clipvalue_debias"])
+def test_per_group_settings_of_norm_modules_match_torchzero(chain: str, closure: bool) -> None:
+    chains: dict[str, Any] = {
+        "normalize_value": lambda m: [m.Normalize(0.1, dim=0), m.LR(1e-2)],
+        "clipnorm_global_max": lambda m: [m.Adam(), m.ClipNorm(0.1, dim="global"), m.LR(1e-2)],
+        "clipvalue_debias": lambda m: [m.ClipValue(0.01), m.EMA(0.9), m.Debias(beta1=0.9), m.LR(1e-1)],
+    }
+    runs = []
+    for lib in (tz, tzo):
+        model, x, y = make_problem(0)
+        groups = [{"params": [model.cube, model.fc2.weight], "norm_value": 0.5, "max_norm": 0.01, "value": 0.002,
+                   "beta1": 0.5},
+                  {"params": [p for n, p in model.named_parameters() if n not in ("cube", "fc2.weight")]}]
+        opt = lib.Optimizer(groups, *chains[chain](lib.m))
+        runs.append(train(opt, model, x, y, 20, closure))
+    assert_traj_close(runs[0], runs[1], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("closure", [True, False], ids=["closure", "no_closure"])
+@pytest.mark.parametrize("chain", ["adam", "wd_heavyball", "normalize_global"])
+def test_parameter_without_gradient_is_treated_as_zero_gradient_like_torchzero(chain: str, closure: bool) -> None:
+    """A parameter the loss does not use has ``grad=None``: its update is computed from zeros."""
+    chains: dict[str, Any] = {
+        "adam": lambda m: [m.Adam(), m.LR(1e-2)],
+        "wd_heavyball": lambda m: [m.WeightDecay(0.1), m.HeavyBall(0.9), m.LR(1e-2)],
+        "normalize_global": lambda m: [m.WeightDecay(0.1), m.Normalize(0.1, dim="global"), m.LR(1e-2)],
+    }
+    runs = []
+    for lib in (tz, tzo):
+        model, x, y = make_problem(0)
+        unused = torch.nn.Parameter(torch.linspace(-1, 1, 6).reshape(2, 3))
+        opt = lib.Optimizer([*model.parameters(), unused], *chains[chain](lib.m))
+        traj = train(opt, model, x, y, 10, closure)
+        runs.append((traj, unused.detach().clone()))
+        assert unused.grad is None
+    assert_traj_close(runs[0][0], runs[1][0], rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=RTOL, atol=ATOL)
