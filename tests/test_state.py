@@ -227,3 +227,109 @@ def test_state_dict_round_trip_with_closure_free_loss_argument() -> None:
         opt2.step(loss=cl2())
         out.append(flat(model2.parameters()))
     assert torch.equal(torch.stack(out), torch.stack(ref))
+
+
+def test_round_trip_with_lr_scheduler_checkpoint_reproduces_run() -> None:
+    """The usual checkpoint: optimizer and scheduler state saved together mid-run."""
+    def build(model: torch.nn.Module) -> tuple[tz.Optimizer, Any]:
+        opt = tz.Optimizer(model.parameters(), tz.m.Adam(amsgrad=True), tz.m.LR(2e-2))
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+
+    model, x, y = make_problem(0)
+    opt, sched = build(model)
+    uninterrupted = train(opt, model, x, y, 14, True, after_step=lambda i: sched.step())
+
+    model, x, y = make_problem(0)
+    opt, sched = build(model)
+    first = train(opt, model, x, y, 7, True, after_step=lambda i: sched.step())
+    ckpt = _save_load({"opt": opt.state_dict(), "sched": sched.state_dict()})
+    model2 = _fresh_copy(model)
+    opt2, sched2 = build(model2)
+    opt2.load_state_dict(ckpt["opt"])
+    sched2.load_state_dict(ckpt["sched"])
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] != 2e-2
+    second = train(opt2, model2, x, y, 7, True, after_step=lambda i: sched2.step())
+    assert torch.equal(torch.cat([first, second]), uninterrupted)
+
+
+def test_round_trip_after_add_param_group_reproduces_run() -> None:
+    def first_params(model: torch.nn.Module) -> list[torch.Tensor]:
+        return [model.cube, model.fc1.weight, model.fc1.bias]
+
+    def rest(model: torch.nn.Module) -> list[torch.Tensor]:
+        return [p for n, p in model.named_parameters() if n not in ("cube", "fc1.weight", "fc1.bias")]
+
+    def run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, split_at: int | None) -> torch.Tensor:
+        opt = tz.Optimizer(first_params(model), tz.m.HeavyBall(0.9), tz.m.Adam(), tz.m.LR(1e-2))
+        a = train(opt, model, x, y, 3, True)
+        opt.add_param_group({"params": rest(model), "lr": 5e-3})
+        if split_at is None:
+            return torch.cat([a, train(opt, model, x, y, 8, True)])
+        b = train(opt, model, x, y, split_at, True)
+        sd = _save_load(opt.state_dict())
+        model2 = _fresh_copy(model)
+        opt2 = tz.Optimizer([{"params": first_params(model2)}, {"params": rest(model2), "lr": 5e-3}],
+                            tz.m.HeavyBall(0.9), tz.m.Adam(), tz.m.LR(1e-2))
+        opt2.load_state_dict(sd)
+        return torch.cat([a, b, train(opt2, model2, x, y, 8 - split_at, True)])
+
+    model, x, y = make_problem(0)
+    uninterrupted = run(model, x, y, None)
+    model, x, y = make_problem(0)
+    assert torch.equal(run(model, x, y, 3), uninterrupted)
+
+
+def test_round_trip_of_mixed_float32_float64_state_reproduces_run() -> None:
+    def build_model() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+        model, x, y = make_problem(0)
+        model.fc2.double()
+        model.fc3.double()
+        return model, x, y
+
+    def loss_train(opt: tz.Optimizer, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   steps: int) -> torch.Tensor:
+        def cl(backward: bool = True) -> torch.Tensor:
+            h = torch.tanh(model.fc1(x)).double()
+            out = model.fc3(torch.tanh(model.fc2(h))) * model.gain + model.shift
+            loss = ((out - y.double()) ** 2).mean() + (model.cube**2).sum()
+            if backward:
+                opt.zero_grad()
+                loss.backward()
+            return loss
+
+        out = []
+        for _ in range(steps):
+            opt.step(cl)
+            out.append(flat(p.double() for p in model.parameters()))
+        return torch.stack(out)
+
+    def build(model: torch.nn.Module) -> tz.Optimizer:
+        return tz.Optimizer(model.parameters(), tz.m.Adam(amsgrad=True), tz.m.NAG(0.5), tz.m.LR(1e-2))
+
+    model, x, y = build_model()
+    uninterrupted = loss_train(build(model), model, x, y, 10)
+    model, x, y = build_model()
+    opt = build(model)
+    first = loss_train(opt, model, x, y, 5)
+    sd = _save_load(opt.state_dict())
+    model2, _, _ = build_model()
+    with torch.no_grad():
+        for p, q in zip(model2.parameters(), model.parameters()):
+            p.copy_(q)
+    opt2 = build(model2)
+    opt2.load_state_dict(sd)
+    adam2 = opt2.flat_modules[0]
+    assert adam2.state[model2.fc2.weight]["exp_avg"].dtype == torch.float64
+    assert adam2.state[model2.fc1.weight]["exp_avg"].dtype == torch.float32
+    second = loss_train(opt2, model2, x, y, 5)
+    assert torch.equal(torch.cat([first, second]), uninterrupted)
+
+
+def test_state_dict_of_unstepped_optimizer_round_trips() -> None:
+    model, x, y = make_problem(0)
+    expected = train(tz.Optimizer(model.parameters(), tz.m.Adam(), tz.m.LR(1e-2)), model, x, y, 5, True)
+    model, x, y = make_problem(0)
+    sd = _save_load(tz.Optimizer(model.parameters(), tz.m.Adam(), tz.m.LR(1e-2)).state_dict())
+    opt = tz.Optimizer(model.parameters(), tz.m.Adam(), tz.m.LR(1e-2))
+    opt.load_state_dict(sd)
+    assert torch.equal(train(opt, model, x, y, 5, True), expected)
