@@ -34,6 +34,8 @@ PARAM_SCALE = 1e-2  # params start as PARAM_SCALE * N(0, 1): small, so float32 r
 CHECK_STEPS = 3
 RTOL = 1e-5
 SEED = 0
+AXPY_ROW = "axpy reference"
+AXPY_MIN_NUMEL = 32 * 2**20  # 2 x 128 MiB: the rulebook's >= 256 MB working set for bandwidth figures
 
 BYTE_MODELS = {
     28: "Adam: read p, g, m, v + write p, m, v = 7 x 4 B",
@@ -262,7 +264,8 @@ def _row(chain: Chain, shape: Shape, name: str, role: str, kind: str, status: st
 
 
 def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad_steps: Sequence[Sequence[Any]],
-             scratch: tuple[list[Any], list[Any]], tz: Any | None, tz_reason: str) -> dict[str, Any]:
+             scratch: tuple[list[Any], list[Any]], axpy: tuple[Callable[[], None], int, int],
+             tz: Any | None, tz_reason: str) -> dict[str, Any]:
     import torch
     import torchzero
 
@@ -335,7 +338,7 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
         reason = f"tzfast {ref.error}"
         del lives
         gc.collect()
-        res = run_case(ctx, chain, shape, init, grad_steps, scratch, None, reason)
+        res = run_case(ctx, chain, shape, init, grad_steps, scratch, axpy, None, reason)
         res["rows"][0]["status"] = "error"
         return res
 
@@ -358,11 +361,16 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
         if tz_check is None:
             notes.append("tzfast could not be checked against torchzero (torchzero failed); tzfast not reported")
 
-    # ---- timing, interleaved, only what passed its check
+    # ---- timing, interleaved, only what passed its check, plus the axpy bandwidth reference
     timed = [lv for lv in lives if checks_ok.get(lv.name) and not lv.error]
+    axpy_step, axpy_bytes, axpy_numel = axpy
     variants = [Variant(lv.name, lv.role, lv.opt.step) for lv in timed]
+    variants.append(Variant(AXPY_ROW, "ref", axpy_step))
     stats = common.time_interleaved(variants, reps=ctx.reps, warmup=1, min_rep_s=ctx.min_rep_s,
-                                    max_variant_s=ctx.max_variant_s) if variants else {}
+                                    max_variant_s=ctx.max_variant_s)
+    ax_st = stats[AXPY_ROW]
+    ax_med = axpy_bytes / ax_st.median_s / 1e9
+    ax_best = axpy_bytes / ax_st.min_s / 1e9
 
     bytes_per_step = chain.bytes_per_param * shape.numel
     rows: list[dict[str, Any]] = []
@@ -392,10 +400,16 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
             chain, shape, live.name, live.role, live.kind, "ok", check=check_json,
             reps=st.reps, inner=st.inner, timing_note=st.note,
             t_min_us=st.min_us, t_med_us=st.median_us, gbps_med=gbps_med, gbps_best=gbps_best,
-            frac_axpy_med=gbps_med / ctx.axpy_gbps_med if ctx.axpy_gbps_med else None,
-            frac_axpy_best=gbps_best / ctx.axpy_gbps_best if ctx.axpy_gbps_best else None,
+            frac_axpy_med=gbps_med / ax_med, frac_axpy_best=gbps_best / ax_best,
             times_us=[t * 1e6 for t in st.times_s],
         ))
+    rows.append(_row(
+        chain, shape, f"{AXPY_ROW} ({common.fmt_count(axpy_numel)} elements)", "ref", "axpy", "ok",
+        numel=axpy_numel, bytes_per_param=common.AXPY_BYTES_PER_ELEMENT, n_tensors=1,
+        reps=ax_st.reps, inner=ax_st.inner, timing_note=ax_st.note,
+        t_min_us=ax_st.min_us, t_med_us=ax_st.median_us, gbps_med=ax_med, gbps_best=ax_best,
+        frac_axpy_med=1.0, frac_axpy_best=1.0, times_us=[t * 1e6 for t in ax_st.times_s],
+    ))
     tz_row = next((r for r in rows if r["role"] == "tzfast" and r["status"] == "ok"), None)
     if tz_row is not None:
         for r in rows:
@@ -412,7 +426,8 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
     del lives, variants, timed
     gc.collect()
     return {"chain": chain.name, "shape": shape.key, "rows": all_rows, "notes": notes,
-            "reference": ref.name if not ref.error else None}
+            "reference": ref.name if not ref.error else None,
+            "axpy": {"numel": axpy_numel, "gbps_med": ax_med, "gbps_best": ax_best}}
 
 
 # --------------------------------------------------------------------------- entry points
@@ -448,6 +463,9 @@ def run(ctx: Context) -> dict[str, Any]:
         grad_steps = [[torch.randn(shape.tensor_shape, generator=gen) for _ in range(shape.count)]
                       for _ in range(CHECK_STEPS)]
         scratch = ([torch.empty_like(t) for t in init], [torch.empty_like(t) for t in init])
+        axpy_numel = max(shape.numel, 2**20 if ctx.quick else AXPY_MIN_NUMEL)
+        axpy_step, axpy_bytes = common.make_axpy(axpy_numel)
+        axpy = (axpy_step, axpy_bytes, axpy_numel)
         for chain in chain_list:
             tz, reason = tz_by_chain[chain.name]
             if chain.optional and tz is None:
@@ -456,8 +474,8 @@ def run(ctx: Context) -> dict[str, Any]:
                     result["notes"].append(note)
                     log(note)
                 continue
-            result["cases"].append(run_case(ctx, chain, shape, init, grad_steps, scratch, tz, reason))
-        del init, grad_steps, scratch
+            result["cases"].append(run_case(ctx, chain, shape, init, grad_steps, scratch, axpy, tz, reason))
+        del init, grad_steps, scratch, axpy, axpy_step
         gc.collect()
     return result
 
@@ -492,7 +510,9 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
         f"{first['lr']}. Time per step: min and median over repetitions, variants interleaved. "
         "GB/s = bytes per param x params / time (byte model: "
         + "; ".join(f"{k} B/param = {v}" for k, v in first["byte_models"].items())
-        + "); GB/s / axpy divides by the in-process axpy GB/s of the machine line (median by median). "
+        + "); GB/s / axpy divides by the GB/s of an in-place axpy `a.add_(b, alpha=s)` (12 B/element, "
+        "working set >= 256 MB outside --quick) timed interleaved with the variants of the same case "
+        "(the `axpy reference` row), median by median; the machine line's axpy is the start-of-process figure. "
         "**speedup** = peer time / tzfast time (> 1: tzfast faster), median (min in brackets).",
         "",
         f"Correctness check before timing: {first['check']['rule']}; rtol {first['check']['rtol']}. "
@@ -521,9 +541,10 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
                 continue
             cells: list[str] = [case["chain"], f"({case['shape']})", str(run_["threads"])]
             if tz_row["status"] == "ok":
-                cells += [fmt_us(tz_row["t_med_us"]), fmt_float(tz_row["frac_axpy_med"])]
+                cells += [fmt_us(tz_row["t_med_us"]), fmt_float(tz_row["gbps_med"], 1),
+                          fmt_float(tz_row["frac_axpy_med"])]
             else:
-                cells += [tz_row["status"], "—"]
+                cells += [tz_row["status"], "—", "—"]
             for kind, _ in _PEER_COLS:
                 peer = next((r for r in rows if r["role"] == "peer" and r["kind"] == kind), None)
                 if peer is None:
@@ -536,7 +557,7 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
     if summary_rows:
         out += ["### Summary: tzfast speedup (median, min in brackets)", ""]
         out.append(markdown_table(
-            ["chain", "shape", "threads", "tzfast us/step (median)", "tzfast GB/s / axpy"]
+            ["chain", "shape", "threads", "tzfast us/step (median)", "tzfast GB/s", "tzfast GB/s / axpy"]
             + [h for _, h in _PEER_COLS], summary_rows))
         out += ["", "Lion's foreach column is the hand-written torch._foreach Lion.", ""]
 
@@ -599,6 +620,8 @@ def plot(runs: Sequence[dict[str, Any]], out_dir: Any, plt: Any) -> list[str]:
             variants: list[str] = []
             for c in cases:
                 for r in c["rows"]:
+                    if r["role"] == "ref":
+                        continue
                     label = r["kind"] if r["role"] == "peer" else "tzfast"
                     if label not in variants:
                         variants.append(label)
@@ -606,7 +629,8 @@ def plot(runs: Sequence[dict[str, Any]], out_dir: Any, plt: Any) -> list[str]:
             for vi, label in enumerate(variants):
                 xs, ys = [], []
                 for ci, c in enumerate(cases):
-                    r = next((r for r in c["rows"] if (r["kind"] if r["role"] == "peer" else "tzfast") == label), None)
+                    r = next((r for r in c["rows"] if r["role"] != "ref"
+                              and (r["kind"] if r["role"] == "peer" else "tzfast") == label), None)
                     if r is not None and r["frac_axpy_med"] is not None:
                         xs.append(ci + (vi - (len(variants) - 1) / 2) * width)
                         ys.append(r["frac_axpy_med"])

@@ -29,12 +29,14 @@ __all__ = [
     "axpy_reference",
     "compare_updates",
     "cpu_description",
+    "fmt_count",
     "fmt_float",
     "fmt_ratio",
     "fmt_us",
     "load_tzfast",
     "log",
     "machine_info",
+    "make_axpy",
     "machine_line",
     "markdown_table",
     "time_interleaved",
@@ -120,23 +122,32 @@ def tzfast_description() -> dict[str, Any]:
     return info
 
 
-def axpy_reference(numel: int, reps: int, min_rep_s: float) -> dict[str, Any]:
-    """In-place axpy ``a.add_(b, alpha=s)`` in fp32: the in-process bandwidth reference."""
+def make_axpy(numel: int, seed: int = 1234) -> tuple[Callable[[], None], int]:
+    """An in-place fp32 axpy ``a.add_(b, alpha=s)`` on fresh ``numel``-element tensors.
+
+    Returns ``(step, bytes_per_step)``; the sign of ``s`` alternates so ``a`` stays bounded
+    however many steps run. Benchmarks time it interleaved with their variants to get a
+    bandwidth reference taken under the same conditions.
+    """
     import torch
 
-    gen = torch.Generator().manual_seed(1234)
+    gen = torch.Generator().manual_seed(seed)
     a = torch.randn(numel, generator=gen)
     b = torch.randn(numel, generator=gen)
     sign = [1.0]
 
     def step() -> None:
-        # alternate the sign so a stays bounded however many steps run
         sign[0] = -sign[0]
         a.add_(b, alpha=1e-3 * sign[0])
 
+    return step, AXPY_BYTES_PER_ELEMENT * numel
+
+
+def axpy_reference(numel: int, reps: int, min_rep_s: float) -> dict[str, Any]:
+    """In-place axpy ``a.add_(b, alpha=s)`` in fp32: the machine line's bandwidth reference."""
+    step, bytes_moved = make_axpy(numel)
     stats = time_interleaved([Variant("axpy", "ref", step)], reps=reps, warmup=3, min_rep_s=min_rep_s)["axpy"]
-    bytes_moved = AXPY_BYTES_PER_ELEMENT * numel
-    del a, b
+    del step
     gc.collect()
     return {
         "op": "a.add_(b, alpha=s), fp32, in place",
@@ -489,6 +500,15 @@ def fmt_us(x: float | None) -> str:
     if x >= 10:
         return f"{x:.1f}"
     return f"{x:.2f}"
+
+
+def fmt_count(n: int) -> str:
+    """64 Mi, 1.5 Mi, 4 Ki or 1,000: element counts as people write them."""
+    for unit, size in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if n >= size:
+            v = n / size
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n:,}"
 
 
 def fmt_float(x: float | None, digits: int = 2) -> str:

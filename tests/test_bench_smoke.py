@@ -69,6 +69,10 @@ def test_quick_run_writes_markdown_json_and_passes_checks(quick_run: tuple[Any, 
         assert b1["check"]["rtol"] <= 1e-5
         assert {"Adam+LR", "HeavyBall+LR"} <= {c["chain"] for c in b1["cases"]}
         assert {c["shape"] for c in b1["cases"]} == {"a", "b"}
+        for case in b1["cases"]:
+            ref = [r for r in case["rows"] if r["role"] == "ref"]
+            assert len(ref) == 1 and ref[0]["kind"] == "axpy" and ref[0]["gbps_med"] > 0
+            assert case["axpy"]["gbps_med"] == ref[0]["gbps_med"]
 
     rows = _b1_rows(data)
     peers = [r for r in rows if r["role"] == "peer"]
