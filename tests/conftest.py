@@ -6,8 +6,7 @@ either library's ``m`` namespace, on it and returns the parameters after every s
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -104,5 +103,5 @@ def assert_traj_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float 
     """Trajectories agree step by step; the message names the first step that does not."""
     assert actual.shape == expected.shape
     assert torch.isfinite(expected).all(), "the reference trajectory is not finite: the test problem is wrong"
-    for i, (a, e) in enumerate(zip(actual, expected)):
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
         torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=lambda m, i=i: f"step {i + 1}: {m}")

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import torch
 import torchzero as tzo
+from conftest import assert_traj_close, flat, make_closure, make_problem, train, trajectory
 
 import tzfast as tz
-from conftest import assert_traj_close, flat, make_closure, make_problem, train, trajectory
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -350,7 +350,7 @@ def test_copied_optimizer_mid_run_continues_identically(how: str, chain: str, cl
         model2, opt2 = copy.deepcopy((model, opt))
     else:
         model2, opt2 = pickle.loads(pickle.dumps((model, opt)))
-    assert all(p is not q for p, q in zip(model.parameters(), model2.parameters()))
+    assert all(p is not q for p, q in zip(model.parameters(), model2.parameters(), strict=True))
     assert {id(p) for p in model2.parameters()} == {id(p) for g in opt2.param_groups for p in g["params"]}
 
     frozen = flat(model.parameters())
@@ -396,7 +396,7 @@ def test_module_state_has_torchzero_names_shapes_values_and_is_live(name: str) -
         train(opt, model, x, y, 3, True)
         states.append((model, opt, module))
     (model, opt, module), (tmodel, _, tmodule) = states
-    for (n, p), tp in zip(model.named_parameters(), tmodel.parameters()):
+    for (n, p), tp in zip(model.named_parameters(), tmodel.parameters(), strict=True):
         for k in keys:
             v = module.state[p][k]
             assert isinstance(v, torch.Tensor) and v.shape == p.shape and v.dtype == p.dtype, (n, k)
@@ -555,7 +555,7 @@ def _user_modules(lib: Any) -> tuple[type, type, type]:
 
         def apply(self, objective):  # type: ignore[no-untyped-def]
             scales = self.get_settings(objective.params, "scale")
-            objective.updates = [u * s for u, s in zip(objective.get_updates(), scales)]
+            objective.updates = [u * s for u, s in zip(objective.get_updates(), scales, strict=True)]
             return objective
 
     class CautiousMask(lib.core.TensorTransform):

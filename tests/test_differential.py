@@ -17,9 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchzero as tzo
+from conftest import assert_traj_close, flat, make_closure, make_problem, train, trajectory
 
 import tzfast as tz
-from conftest import assert_traj_close, flat, make_closure, make_problem, train, trajectory
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -184,12 +184,12 @@ def test_normalize_dim_none_mixed_ndim_uses_each_tensors_own_dims() -> None:
     c = torch.randn(3, 5, requires_grad=True)
     params = [a, b, c]
     grads = [torch.randn_like(p) for p in params]
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
     before = [p.detach().clone() for p in params]
     opt = tz.Optimizer(params, tz.m.Normalize(0.5), tz.m.LR(1.0))
     opt.step()
-    for p, p0, g in zip(params, before, grads):
+    for p, p0, g in zip(params, before, grads, strict=True):
         expected = p0 - g * (0.5 / torch.linalg.vector_norm(g))
         torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-7)
 
@@ -200,11 +200,11 @@ def test_clipnorm_dim_none_mixed_ndim_uses_each_tensors_own_dims() -> None:
     b = torch.randn(2, 3, 4, requires_grad=True)
     params = [a, b]
     grads = [torch.randn_like(p) * 10 for p in params]
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
     before = [p.detach().clone() for p in params]
     tz.Optimizer(params, tz.m.ClipNorm(0.25), tz.m.LR(1.0)).step()
-    for p, p0, g in zip(params, before, grads):
+    for p, p0, g in zip(params, before, grads, strict=True):
         expected = p0 - g * min(1.0, 0.25 / torch.linalg.vector_norm(g).item())
         torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-7)
 

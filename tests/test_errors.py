@@ -24,7 +24,7 @@ def _snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _assert_unchanged(params: list[torch.Tensor], before: list[torch.Tensor]) -> None:
-    for p, b in zip(params, before):
+    for p, b in zip(params, before, strict=True):
         assert torch.equal(p.detach(), b), "a failing step modified the parameters"
 
 

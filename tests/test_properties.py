@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import assert_traj_close, flat, make_closure, make_problem, train, trajectory
 
 import tzfast as tz
-from conftest import assert_traj_close, flat, make_closure, make_problem, train, trajectory
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -273,7 +273,7 @@ def test_split_parameters_mixed_dtypes_each_bucket_matches_its_own_run() -> None
     def run(params: list[torch.Tensor], grads: list[list[torch.Tensor]]) -> None:
         opt = tz.Optimizer(params, tz.m.Adam(amsgrad=True), tz.m.LR(1e-2))
         for i in range(5):
-            for p, gs in zip(params, grads):
+            for p, gs in zip(params, grads, strict=True):
                 p.grad = gs[i].clone()
             opt.step()
 
@@ -407,5 +407,5 @@ def test_step_leaves_param_grad_as_computed(name: str, closure: bool) -> None:
         opt.step(make_closure(opt, model, x, y))
     else:
         opt.step()
-    for p, g in zip(params, expected):
+    for p, g in zip(params, expected, strict=True):
         assert torch.equal(p.grad, g)

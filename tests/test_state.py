@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import flat, make_closure, make_problem, train
 
 import tzfast as tz
-from conftest import flat, make_closure, make_problem, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -49,7 +49,7 @@ def _fresh_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A newly built model holding copies of ``model``'s current parameter values."""
     fresh, _, _ = make_problem(99)
     with torch.no_grad():
-        for p, q in zip(fresh.parameters(), model.parameters()):
+        for p, q in zip(fresh.parameters(), model.parameters(), strict=True):
             p.copy_(q)
     return fresh
 
@@ -84,7 +84,7 @@ def test_load_state_dict_into_same_optimizer_rewinds_the_run() -> None:
     once = train(opt, model, x, y, 5, True)
     opt.load_state_dict(sd)
     with torch.no_grad():
-        for p, q in zip(model.parameters(), params_at_5):
+        for p, q in zip(model.parameters(), params_at_5, strict=True):
             p.copy_(q)
     again = train(opt, model, x, y, 5, True)
     assert torch.equal(again, once)
@@ -314,7 +314,7 @@ def test_round_trip_of_mixed_float32_float64_state_reproduces_run() -> None:
     sd = _save_load(opt.state_dict())
     model2, _, _ = build_model()
     with torch.no_grad():
-        for p, q in zip(model2.parameters(), model.parameters()):
+        for p, q in zip(model2.parameters(), model.parameters(), strict=True):
             p.copy_(q)
     opt2 = build(model2)
     opt2.load_state_dict(sd)
