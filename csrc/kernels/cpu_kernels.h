@@ -77,7 +77,7 @@ struct KernelTable {
   void (*weight_decay)(const WeightDecayCall&, const Piece*, int64_t count);
 };
 
-// The table chosen at run time: AVX2+FMA when compiled in and the CPU (and OS) support it,
+// The table chosen at run time: AVX2+FMA+F16C when compiled in and the CPU (and OS) support it,
 // else baseline. Environment TZFAST_SIMD=baseline forces the baseline level; TZFAST_SIMD=avx2
 // asks for AVX2 (still only when supported). Chosen once, on first use.
 const KernelTable& kernels();

@@ -1,6 +1,9 @@
 // float16 / bfloat16 storage types for the CPU kernels, as raw 16-bit patterns, with exact
-// round-to-nearest-even conversions written with integer operations only (so they behave the
-// same at every SIMD level and vectorise as plain integer code).
+// round-to-nearest-even conversions written with integer operations only. Where the
+// translation unit is compiled with F16C (the AVX2 level), float16 converts with the hardware
+// instructions instead (vcvtph2ps / vcvtps2ph through _Float16), which round the same way;
+// the integer code reproduces the hardware's NaN results too (sign and top payload bits
+// kept, quiet bit set), so every level gives the same bits.
 //
 // Internal linkage only: this header is compiled into the ISA-specific translation units.
 #pragma once
@@ -50,7 +53,7 @@ inline float f16_to_float(uint16_t h) {
   uint32_t e = (uint32_t(h) >> 10) & 0x1fu;
   uint32_t m = uint32_t(h) & 0x3ffu;
   uint32_t normal = sign | ((e + 112u) << 23) | (m << 13);
-  uint32_t infnan = sign | 0x7f800000u | (m << 13);
+  uint32_t infnan = sign | 0x7f800000u | (m << 13) | (m != 0u ? 0x400000u : 0u);  // NaN: quiet
   // zero or subnormal: m * 2^-24, exact in float
   uint32_t sub = sign | float_bits(float(int32_t(m)) * 5.9604644775390625e-8f);
   return bits_float(e == 0x1fu ? infnan : (e == 0u ? sub : normal));
@@ -76,7 +79,7 @@ inline uint16_t float_to_f16(float f) {
   rs += uint32_t(rems > halfway || (rems == halfway && (rs & 1u) != 0u));
   uint32_t r = a >= 0x38800000u ? rn : rs;
   r = a >= 0x477ff000u ? 0x7c00u : r;  // >= 65520 rounds to inf
-  r = a > 0x7f800000u ? 0x7e00u : r;   // NaN -> quiet NaN
+  r = a > 0x7f800000u ? (0x7e00u | ((a >> 13) & 0x3ffu)) : r;  // NaN: quiet, top payload kept
   return uint16_t(sign | r);
 }
 
@@ -94,7 +97,15 @@ struct Compute<bf16> {
   using type = float;
 };
 
+#if defined(__F16C__)
+inline float load(const f16& v) {
+  _Float16 h;
+  std::memcpy(&h, &v.bits, sizeof h);
+  return float(h);
+}
+#else
 inline float load(const f16& v) { return f16_to_float(v.bits); }
+#endif
 inline float load(const bf16& v) { return bf16_to_float(v.bits); }
 inline float load(const float& v) { return v; }
 inline double load(const double& v) { return v; }
@@ -111,7 +122,14 @@ inline double store<double>(double c) {
 }
 template <>
 inline f16 store<f16>(float c) {
+#if defined(__F16C__)
+  _Float16 h = static_cast<_Float16>(c);
+  f16 r;
+  std::memcpy(&r.bits, &h, sizeof h);
+  return r;
+#else
   return f16{float_to_f16(c)};
+#endif
 }
 template <>
 inline bf16 store<bf16>(float c) {

@@ -30,7 +30,8 @@ bool cpu_has_avx2_fma() {
 #if defined(TZFAST_HAVE_AVX2) && (defined(__x86_64__) || defined(__i386__))
   __builtin_cpu_init();
   // libgcc also checks that the OS saves the YMM state (XCR0) before reporting avx2.
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
 #else
   return false;
 #endif
@@ -47,7 +48,7 @@ const KernelTable& select() {
     } else if (!avx2_ok) {
       std::fprintf(stderr, "tzfast: TZFAST_SIMD=avx2 but %s; using baseline\n",
 #ifdef TZFAST_HAVE_AVX2
-                   "this CPU lacks AVX2/FMA"
+                   "this CPU lacks AVX2/FMA/F16C"
 #else
                    "this build has no AVX2 kernels"
 #endif
