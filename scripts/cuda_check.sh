@@ -257,7 +257,7 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             compare("weight_decay_", oc, og, dtype)
         # non-contiguous in and out
         big = torch.randn(8, 6, dtype=dtype); t = big.t()
-        m, mg = flat(dtype, t.numel()); oc = torch.zeros(6, 8, dtype=dtype).t(); og = oc.cuda()
+        m, mg = flat(dtype, t.numel()); oc = torch.zeros(8, 6, dtype=dtype).t(); og = oc.cuda()
         ops.ema_([t], m, [oc], 0.9, 0.0, False, 1.0, accumulate)
         ops.ema_([t.cuda()], mg, [og], 0.9, 0.0, False, 1.0, accumulate)
         compare("ema_ (non-contiguous)", [oc, m], [og, mg], dtype)
