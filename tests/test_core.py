@@ -771,3 +771,42 @@ def test_mixed_dtype_param_groups_match_torchzero(closure: bool) -> None:
             out.append(flat(p.double() for p in params))
         runs.append(torch.stack(out))
     assert_traj_close(runs[0], runs[1], rtol=RTOL, atol=ATOL)
+
+
+def _update_logger(lib: Any) -> type:
+    class LogAppliedUpdate(lib.core.Module):
+        """A post-step hook that records the update the step applied (``objective.updates``)."""
+
+        def __init__(self) -> None:
+            super().__init__({})
+            self.seen: list[torch.Tensor | None] = []
+
+        def apply(self, objective: Any) -> Any:
+            def hook(obj: Any, modules: Any) -> None:
+                self.seen.append(None if obj.updates is None else flat(obj.updates))
+
+            objective.post_step_hooks.append(hook)
+            return objective
+
+    return LogAppliedUpdate
+
+
+@pytest.mark.parametrize("chain", ["adam_lr", "ema_lr_mul", "adam_lr_clone"])
+def test_post_step_hook_sees_the_update_that_was_applied(chain: str) -> None:
+    """As in torchzero, the objective handed to hooks holds the update subtracted from the
+    parameters, also when the last modules ran as one fused kernel."""
+    chains: dict[str, Callable[[Any], list]] = {
+        "adam_lr": lambda m: [m.Adam(), m.LR(1e-2)],
+        "ema_lr_mul": lambda m: [m.EMA(0.9), m.LR(1e-2), m.Mul(0.5)],
+        "adam_lr_clone": lambda m: [m.Adam(), m.LR(1e-2), m.Clone()],
+    }
+    model, x, y = make_problem(0)
+    logger = _update_logger(tz)()
+    opt = tz.Optimizer(model.parameters(), logger, *chains[chain](tz.m))
+    for _ in range(3):
+        before = flat(model.parameters())
+        train(opt, model, x, y, 1, True)
+        seen = logger.seen[-1]
+        assert seen is not None, "objective.updates is None in the post-step hook"
+        # before - after rounds to the parameters' ulp (|p| < 4 here): atol is a few of those
+        torch.testing.assert_close(seen, before - flat(model.parameters()), rtol=1e-4, atol=5e-7)
