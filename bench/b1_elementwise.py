@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import gc
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import common
 from .common import CheckResult, Context, Variant, fmt_float, fmt_ratio, fmt_us, log, markdown_table
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 __all__ = ["ID", "TITLE", "plot", "render_markdown", "run"]
 
@@ -221,13 +222,14 @@ class _Live:
     error: str = ""
 
 
-def _make_live(name: str, role: str, kind: str, init: Sequence[Any], build: OptimizerFactory,
-               prime: Any = None) -> _Live:
+def _make_live(
+    name: str, role: str, kind: str, init: Sequence[Any], build: OptimizerFactory, prime: Any = None
+) -> _Live:
     import torch
 
     params = [t.clone().requires_grad_(True) for t in init]
     grads = [torch.zeros_like(t) for t in init]
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = g
     opt = build(params, LR)
     return _Live(name, role, kind, params, grads, opt, prime)
@@ -263,9 +265,17 @@ def _row(chain: Chain, shape: Shape, name: str, role: str, kind: str, status: st
     return row
 
 
-def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad_steps: Sequence[Sequence[Any]],
-             scratch: tuple[list[Any], list[Any]], axpy: tuple[Callable[[], None], int, int],
-             tz: Any | None, tz_reason: str) -> dict[str, Any]:
+def run_case(
+    ctx: Context,
+    chain: Chain,
+    shape: Shape,
+    init: Sequence[Any],
+    grad_steps: Sequence[Sequence[Any]],
+    scratch: tuple[list[Any], list[Any]],
+    axpy: tuple[Callable[[], None], int, int],
+    tz: Any | None,
+    tz_reason: str,
+) -> dict[str, Any]:
     import torch
     import torchzero
 
@@ -275,20 +285,21 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
     notes: list[str] = []
     if tz is not None:
         try:
-            lives.append(_make_live("tzfast", "tzfast", "tzfast", init,
-                                    lambda ps, lr: chain.build_chain(tz, ps, lr)))
+            lives.append(_make_live("tzfast", "tzfast", "tzfast", init, lambda ps, lr: chain.build_chain(tz, ps, lr)))
         except Exception as exc:  # noqa: BLE001
             tz, tz_reason = None, f"building tz.Optimizer failed: {type(exc).__name__}: {exc}"
     if tz is None:
         rows_unavailable.append(_row(chain, shape, "tzfast", "tzfast", "tzfast", "unavailable", reason=tz_reason))
-    lives.append(_make_live("torchzero", "peer", "torchzero", init,
-                            lambda ps, lr: chain.build_chain(torchzero, ps, lr)))
+    lives.append(
+        _make_live("torchzero", "peer", "torchzero", init, lambda ps, lr: chain.build_chain(torchzero, ps, lr))
+    )
     for peer in chain.peers:
         try:
             lives.append(_make_live(peer.name, "peer", peer.kind, init, peer.build, peer.prime))
         except Exception as exc:  # noqa: BLE001
-            rows_unavailable.append(_row(chain, shape, peer.name, "peer", peer.kind, "unavailable",
-                                         reason=f"{type(exc).__name__}: {exc}"))
+            rows_unavailable.append(
+                _row(chain, shape, peer.name, "peer", peer.kind, "unavailable", reason=f"{type(exc).__name__}: {exc}")
+            )
 
     # ---- correctness: CHECK_STEPS steps from the same state with the same gradients
     ref = lives[0]  # tzfast when available, else torchzero
@@ -302,13 +313,13 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
             if live.error:
                 continue
             with torch.no_grad():
-                for g, src in zip(live.grads, gsrc):
+                for g, src in zip(live.grads, gsrc, strict=True):
                     if chain.grad_floor:
                         torch.abs(src, out=g)
                         g.add_(chain.grad_floor).copysign_(src)
                     else:
                         g.copy_(src)
-                for w, p in zip(work, live.params):
+                for w, p in zip(work, live.params, strict=True):
                     w.copy_(p)
             try:
                 if k == 0 and live.prime is not None:
@@ -321,7 +332,7 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
                     break
                 continue
             with torch.no_grad():
-                for w, p in zip(work, live.params):
+                for w, p in zip(work, live.params, strict=True):
                     torch.sub(p.detach(), w, out=w)
             if live is ref:
                 work, ref_delta = ref_delta, work
@@ -366,8 +377,9 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
     axpy_step, axpy_bytes, axpy_numel = axpy
     variants = [Variant(lv.name, lv.role, lv.opt.step) for lv in timed]
     variants.append(Variant(AXPY_ROW, "ref", axpy_step))
-    stats = common.time_interleaved(variants, reps=ctx.reps, warmup=1, min_rep_s=ctx.min_rep_s,
-                                    max_variant_s=ctx.max_variant_s)
+    stats = common.time_interleaved(
+        variants, reps=ctx.reps, warmup=1, min_rep_s=ctx.min_rep_s, max_variant_s=ctx.max_variant_s
+    )
     ax_st = stats[AXPY_ROW]
     ax_med = axpy_bytes / ax_st.median_s / 1e9
     ax_best = axpy_bytes / ax_st.min_s / 1e9
@@ -381,35 +393,73 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
         if live is ref and ref.role == "tzfast":
             check_json = dict(tz_check.to_json(), against="torchzero") if tz_check else None
         elif live is ref:
-            check_json = {"against": "self", "passed": True, "reference": True,
-                          "note": "oracle (tzfast unavailable): peers are checked against it"}
+            check_json = {
+                "against": "self",
+                "passed": True,
+                "reference": True,
+                "note": "oracle (tzfast unavailable): peers are checked against it",
+            }
         else:
             assert live.check is not None
             check_json = live.check.to_json()
         if not checks_ok[live.name]:
             errs = (check_json or {}).get("errors", [])
-            reason = (f"{errs[0]} ({len(errs)} of {CHECK_STEPS} steps failed)" if errs
-                      else "not checked (its reference failed)")
-            rows.append(_row(chain, shape, live.name, live.role, live.kind, "check failed",
-                             reason=reason, check=check_json))
+            reason = (
+                f"{errs[0]} ({len(errs)} of {CHECK_STEPS} steps failed)"
+                if errs
+                else "not checked (its reference failed)"
+            )
+            rows.append(
+                _row(chain, shape, live.name, live.role, live.kind, "check failed", reason=reason, check=check_json)
+            )
             continue
         st = stats[live.name]
         gbps_med = bytes_per_step / st.median_s / 1e9
         gbps_best = bytes_per_step / st.min_s / 1e9
-        rows.append(_row(
-            chain, shape, live.name, live.role, live.kind, "ok", check=check_json,
-            reps=st.reps, inner=st.inner, timing_note=st.note,
-            t_min_us=st.min_us, t_med_us=st.median_us, gbps_med=gbps_med, gbps_best=gbps_best,
-            frac_axpy_med=gbps_med / ax_med, frac_axpy_best=gbps_best / ax_best,
-            times_us=[t * 1e6 for t in st.times_s],
-        ))
-    rows.append(_row(
-        chain, shape, f"{AXPY_ROW} ({common.fmt_count(axpy_numel)} elements)", "ref", "axpy", "ok",
-        numel=axpy_numel, bytes_per_param=common.AXPY_BYTES_PER_ELEMENT, n_tensors=1,
-        reps=ax_st.reps, inner=ax_st.inner, timing_note=ax_st.note,
-        t_min_us=ax_st.min_us, t_med_us=ax_st.median_us, gbps_med=ax_med, gbps_best=ax_best,
-        frac_axpy_med=1.0, frac_axpy_best=1.0, times_us=[t * 1e6 for t in ax_st.times_s],
-    ))
+        rows.append(
+            _row(
+                chain,
+                shape,
+                live.name,
+                live.role,
+                live.kind,
+                "ok",
+                check=check_json,
+                reps=st.reps,
+                inner=st.inner,
+                timing_note=st.note,
+                t_min_us=st.min_us,
+                t_med_us=st.median_us,
+                gbps_med=gbps_med,
+                gbps_best=gbps_best,
+                frac_axpy_med=gbps_med / ax_med,
+                frac_axpy_best=gbps_best / ax_best,
+                times_us=[t * 1e6 for t in st.times_s],
+            )
+        )
+    rows.append(
+        _row(
+            chain,
+            shape,
+            f"{AXPY_ROW} ({common.fmt_count(axpy_numel)} elements)",
+            "ref",
+            "axpy",
+            "ok",
+            numel=axpy_numel,
+            bytes_per_param=common.AXPY_BYTES_PER_ELEMENT,
+            n_tensors=1,
+            reps=ax_st.reps,
+            inner=ax_st.inner,
+            timing_note=ax_st.note,
+            t_min_us=ax_st.min_us,
+            t_med_us=ax_st.median_us,
+            gbps_med=ax_med,
+            gbps_best=ax_best,
+            frac_axpy_med=1.0,
+            frac_axpy_best=1.0,
+            times_us=[t * 1e6 for t in ax_st.times_s],
+        )
+    )
     tz_row = next((r for r in rows if r["role"] == "tzfast" and r["status"] == "ok"), None)
     if tz_row is not None:
         for r in rows:
@@ -419,15 +469,22 @@ def run_case(ctx: Context, chain: Chain, shape: Shape, init: Sequence[Any], grad
     all_rows = rows_unavailable[:1] + rows + rows_unavailable[1:] if tz is None else rows + rows_unavailable
     for r in all_rows:
         if r["status"] == "ok":
-            log(f"  {r['variant']:<36} median {fmt_us(r['t_med_us'])} us  min {fmt_us(r['t_min_us'])} us"
-                f"  {fmt_float(r['gbps_med'], 1)} GB/s  speedup {fmt_ratio(r['speedup_med'])}")
+            log(
+                f"  {r['variant']:<36} median {fmt_us(r['t_med_us'])} us  min {fmt_us(r['t_min_us'])} us"
+                f"  {fmt_float(r['gbps_med'], 1)} GB/s  speedup {fmt_ratio(r['speedup_med'])}"
+            )
         else:
             log(f"  {r['variant']:<36} {r['status']}: {r['reason']}")
     del lives, variants, timed
     gc.collect()
-    return {"chain": chain.name, "shape": shape.key, "rows": all_rows, "notes": notes,
-            "reference": ref.name if not ref.error else None,
-            "axpy": {"numel": axpy_numel, "gbps_med": ax_med, "gbps_best": ax_best}}
+    return {
+        "chain": chain.name,
+        "shape": shape.key,
+        "rows": all_rows,
+        "notes": notes,
+        "reference": ref.name if not ref.error else None,
+        "axpy": {"numel": axpy_numel, "gbps_med": ax_med, "gbps_best": ax_best},
+    }
 
 
 # --------------------------------------------------------------------------- entry points
@@ -444,8 +501,8 @@ def run(ctx: Context) -> dict[str, Any]:
             "steps": CHECK_STEPS,
             "rtol": RTOL,
             "rule": "|d - d_ref| <= rtol*(|d_ref| + max|d_ref|) + 2 ulp32(|p|) elementwise, for the update "
-                    "d = p_k - p_(k-1) of each of the first CHECK_STEPS steps from identical params "
-                    f"(PARAM_SCALE*N(0,1), PARAM_SCALE={PARAM_SCALE}) with identical N(0,1) gradients",
+            "d = p_k - p_(k-1) of each of the first CHECK_STEPS steps from identical params "
+            f"(PARAM_SCALE*N(0,1), PARAM_SCALE={PARAM_SCALE}) with identical N(0,1) gradients",
         },
         "byte_models": {str(k): v for k, v in BYTE_MODELS.items()},
         "chains": {},
@@ -455,13 +512,17 @@ def run(ctx: Context) -> dict[str, Any]:
     chain_list = chains()
     tz_by_chain: dict[str, tuple[Any, str]] = {c.name: common.load_tzfast(*c.tz_modules) for c in chain_list}
     for c in chain_list:
-        result["chains"][c.name] = {"equivalence": c.equivalence, "bytes_per_param": c.bytes_per_param,
-                                    "allowed_bad_fraction": c.allowed_bad_fraction}
+        result["chains"][c.name] = {
+            "equivalence": c.equivalence,
+            "bytes_per_param": c.bytes_per_param,
+            "allowed_bad_fraction": c.allowed_bad_fraction,
+        }
     for shape in shapes(ctx.quick):
         gen = torch.Generator().manual_seed(SEED)
         init = [torch.randn(shape.tensor_shape, generator=gen).mul_(PARAM_SCALE) for _ in range(shape.count)]
-        grad_steps = [[torch.randn(shape.tensor_shape, generator=gen) for _ in range(shape.count)]
-                      for _ in range(CHECK_STEPS)]
+        grad_steps = [
+            [torch.randn(shape.tensor_shape, generator=gen) for _ in range(shape.count)] for _ in range(CHECK_STEPS)
+        ]
         scratch = ([torch.empty_like(t) for t in init], [torch.empty_like(t) for t in init])
         axpy_numel = max(shape.numel, 2**20 if ctx.quick else AXPY_MIN_NUMEL)
         axpy_step, axpy_bytes = common.make_axpy(axpy_numel)
@@ -541,8 +602,11 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
                 continue
             cells: list[str] = [case["chain"], f"({case['shape']})", str(run_["threads"])]
             if tz_row["status"] == "ok":
-                cells += [fmt_us(tz_row["t_med_us"]), fmt_float(tz_row["gbps_med"], 1),
-                          fmt_float(tz_row["frac_axpy_med"])]
+                cells += [
+                    fmt_us(tz_row["t_med_us"]),
+                    fmt_float(tz_row["gbps_med"], 1),
+                    fmt_float(tz_row["frac_axpy_med"]),
+                ]
             else:
                 cells += [tz_row["status"], "—", "—"]
             for kind, _ in _PEER_COLS:
@@ -556,13 +620,27 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
             summary_rows.append(cells)
     if summary_rows:
         out += ["### Summary: tzfast speedup (median, min in brackets)", ""]
-        out.append(markdown_table(
-            ["chain", "shape", "threads", "tzfast us/step (median)", "tzfast GB/s", "tzfast GB/s / axpy"]
-            + [h for _, h in _PEER_COLS], summary_rows))
+        out.append(
+            markdown_table(
+                ["chain", "shape", "threads", "tzfast us/step (median)", "tzfast GB/s", "tzfast GB/s / axpy"]
+                + [h for _, h in _PEER_COLS],
+                summary_rows,
+            )
+        )
         out += ["", "Lion's foreach column is the hand-written torch._foreach Lion.", ""]
 
-    headers = ["chain", "shape", "variant", "check", "reps", "us/step min", "us/step median",
-               "GB/s (median)", "GB/s / axpy", "tzfast speedup"]
+    headers = [
+        "chain",
+        "shape",
+        "variant",
+        "check",
+        "reps",
+        "us/step min",
+        "us/step median",
+        "GB/s (median)",
+        "GB/s / axpy",
+        "tzfast speedup",
+    ]
     for run_ in runs:
         res = run_.get("result")
         out += [f"### {run_['threads']} thread(s)", "", common.machine_line(run_["machine"]), ""]
@@ -576,16 +654,31 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
                 shape_cell = f"({r['shape']}) {r['shape_desc']}"
                 if r["status"] == "ok":
                     reps = f"{r['reps']}x{r['inner']}" if r["inner"] > 1 else str(r["reps"])
-                    spd = "—" if r["speedup_med"] is None else \
-                        f"{fmt_ratio(r['speedup_med'])} ({fmt_ratio(r['speedup_min'])})"
-                    table_rows.append([r["chain"], shape_cell, r["variant"], _check_cell(r), reps,
-                                       fmt_us(r["t_min_us"]), fmt_us(r["t_med_us"]),
-                                       fmt_float(r["gbps_med"], 1), fmt_float(r["frac_axpy_med"]), spd])
+                    spd = (
+                        "—"
+                        if r["speedup_med"] is None
+                        else f"{fmt_ratio(r['speedup_med'])} ({fmt_ratio(r['speedup_min'])})"
+                    )
+                    table_rows.append(
+                        [
+                            r["chain"],
+                            shape_cell,
+                            r["variant"],
+                            _check_cell(r),
+                            reps,
+                            fmt_us(r["t_min_us"]),
+                            fmt_us(r["t_med_us"]),
+                            fmt_float(r["gbps_med"], 1),
+                            fmt_float(r["frac_axpy_med"]),
+                            spd,
+                        ]
+                    )
                     if r["timing_note"]:
                         problems.append(f"{r['chain']} ({r['shape']}) {r['variant']}: {r['timing_note']}")
                 else:
-                    table_rows.append([r["chain"], shape_cell, r["variant"], _check_cell(r), "—", "—", "—",
-                                       "—", "—", r["status"]])
+                    table_rows.append(
+                        [r["chain"], shape_cell, r["variant"], _check_cell(r), "—", "—", "—", "—", "—", r["status"]]
+                    )
                     problems.append(f"{r['chain']} ({r['shape']}) {r['variant']}: {r['status']}: {r['reason']}")
             problems += case.get("notes", [])
         out.append(markdown_table(headers, table_rows))
@@ -610,8 +703,9 @@ def plot(runs: Sequence[dict[str, Any]], out_dir: Any, plt: Any) -> list[str]:
         return []
     paths = []
 
-    fig, axes = plt.subplots(len(valid), len(shape_keys), figsize=(6.5 * len(shape_keys), 3.6 * len(valid)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(valid), len(shape_keys), figsize=(6.5 * len(shape_keys), 3.6 * len(valid)), squeeze=False
+    )
     for i, run_ in enumerate(valid):
         for j, skey in enumerate(shape_keys):
             ax = axes[i][j]
@@ -629,8 +723,14 @@ def plot(runs: Sequence[dict[str, Any]], out_dir: Any, plt: Any) -> list[str]:
             for vi, label in enumerate(variants):
                 xs, ys = [], []
                 for ci, c in enumerate(cases):
-                    r = next((r for r in c["rows"] if r["role"] != "ref"
-                              and (r["kind"] if r["role"] == "peer" else "tzfast") == label), None)
+                    r = next(
+                        (
+                            r
+                            for r in c["rows"]
+                            if r["role"] != "ref" and (r["kind"] if r["role"] == "peer" else "tzfast") == label
+                        ),
+                        None,
+                    )
                     if r is not None and r["frac_axpy_med"] is not None:
                         xs.append(ci + (vi - (len(variants) - 1) / 2) * width)
                         ys.append(r["frac_axpy_med"])
@@ -650,10 +750,12 @@ def plot(runs: Sequence[dict[str, Any]], out_dir: Any, plt: Any) -> list[str]:
     plt.close(fig)
     paths.append(p)
 
-    n_labels = max(1, sum(1 for r in valid[0]["result"]["cases"] for row in r["rows"] if row["role"] == "peer")
-                   // max(1, len(shape_keys)))
-    fig, axes = plt.subplots(1, len(shape_keys), figsize=(6.5 * len(shape_keys), 1.2 + 0.45 * n_labels),
-                             squeeze=False)
+    n_labels = max(
+        1,
+        sum(1 for r in valid[0]["result"]["cases"] for row in r["rows"] if row["role"] == "peer")
+        // max(1, len(shape_keys)),
+    )
+    fig, axes = plt.subplots(1, len(shape_keys), figsize=(6.5 * len(shape_keys), 1.2 + 0.45 * n_labels), squeeze=False)
     for j, skey in enumerate(shape_keys):
         ax = axes[0][j]
         labels: list[str] = []

@@ -14,8 +14,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported lazily: the parent process of bench.run never needs it
     import torch
@@ -198,7 +199,8 @@ def machine_line(machine: dict[str, Any]) -> str:
     else:
         tz_txt = f"tzfast not importable ({tzd.get('error', '?')})"
     parts = [
-        f"CPU {cpu['model']} ({cpu['logical_cpus']} logical CPUs; {' '.join(cpu['simd_flags']) or 'no listed SIMD flags'})",
+        f"CPU {cpu['model']} ({cpu['logical_cpus']} logical CPUs; "
+        f"{' '.join(cpu['simd_flags']) or 'no listed SIMD flags'})",
         f"threads {machine['threads']} (torch.get_num_threads()={machine['torch_num_threads']}, "
         f"OMP_PROC_BIND={machine['OMP_PROC_BIND']})",
         f"torch {machine['torch']} (cpu capability {machine['torch_cpu_capability']})",
@@ -279,7 +281,7 @@ def time_interleaved(
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
     estimates: dict[str, float] = {}
-    for i in range(max(1, warmup)):
+    for _ in range(max(1, warmup)):
         for v in variants:
             t0 = time.perf_counter()
             v.step()
@@ -423,7 +425,7 @@ def compare_updates(
     numel = bad = nonfinite = 0
     max_abs = 0.0
     with torch.no_grad():
-        for dr, d, p in zip(ref_delta, delta, params):
+        for dr, d, p in zip(ref_delta, delta, params, strict=True):
             if dr.shape != d.shape or p.shape != d.shape:
                 res.passed = False
                 res.detail = f"shape {tuple(d.shape)} vs {tuple(dr.shape)} in the reference"

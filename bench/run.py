@@ -24,8 +24,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import common
 
@@ -40,22 +42,47 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "bench" / "results"
 SCHEMA = "tzfast-bench/1"
 
-FULL = {"reps": 7, "min_rep_s": 0.05, "max_variant_s": 60.0, "axpy_numel": 64 * 2**20}
-QUICK = {"reps": 3, "min_rep_s": 0.002, "max_variant_s": 10.0, "axpy_numel": 2**20}
+
+@dataclass(frozen=True)
+class Sizes:
+    reps: int  # repetitions per variant
+    min_rep_s: float  # a repetition runs enough steps to last at least this long
+    max_variant_s: float  # past this much timing, a variant gets 3 repetitions
+    axpy_numel: int  # elements of the machine line's axpy (64 Mi: 512 MB working set)
+
+
+FULL = Sizes(reps=7, min_rep_s=0.05, max_variant_s=60.0, axpy_numel=64 * 2**20)
+QUICK = Sizes(reps=3, min_rep_s=0.002, max_variant_s=10.0, axpy_numel=2**20)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="tiny sizes and 3 repetitions: checks the harness works, never a speed")
-    ap.add_argument("--only", nargs="+", metavar="ID", choices=sorted(REGISTRY),
-                    help=f"benchmarks to run (default: all of {', '.join(sorted(REGISTRY))})")
-    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2], metavar="N",
-                    help="thread counts, each in a fresh subprocess (default: 1 2)")
-    ap.add_argument("--reps", type=int, default=None,
-                    help=f"repetitions per variant (default {FULL['reps']}, quick {QUICK['reps']}; "
-                         "the rules ask for >= 5)")
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny sizes and 3 repetitions: checks the harness works, never a speed"
+    )
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        metavar="ID",
+        choices=sorted(REGISTRY),
+        help=f"benchmarks to run (default: all of {', '.join(sorted(REGISTRY))})",
+    )
+    ap.add_argument(
+        "--threads",
+        nargs="+",
+        type=int,
+        default=[1, 2],
+        metavar="N",
+        help="thread counts, each in a fresh subprocess (default: 1 2)",
+    )
+    ap.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help=f"repetitions per variant (default {FULL.reps}, quick {QUICK.reps}; the rules ask for >= 5)",
+    )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default bench/results/)")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     ap.add_argument("--_worker", dest="worker", action="store_true", help=argparse.SUPPRESS)
@@ -100,16 +127,22 @@ def _worker(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     _settle_imports()
     sizes = QUICK if args.quick else FULL
-    reps = args.reps or sizes["reps"]
+    reps = args.reps or sizes.reps
     ids = args.only or sorted(REGISTRY)
     common.log(f"worker: threads={threads} quick={args.quick} reps={reps} benchmarks={ids}")
-    axpy = common.axpy_reference(sizes["axpy_numel"], reps=max(reps, 5), min_rep_s=sizes["min_rep_s"])
+    axpy = common.axpy_reference(sizes.axpy_numel, reps=max(reps, 5), min_rep_s=sizes.min_rep_s)
     machine = common.machine_info(threads, axpy)
     common.log(common.machine_line(machine))
     out: dict[str, Any] = {"threads": threads, "machine": machine, "benchmarks": {}, "errors": {}}
     for bid in ids:
-        ctx = common.Context(quick=args.quick, reps=reps, threads=threads, machine=machine,
-                             min_rep_s=sizes["min_rep_s"], max_variant_s=sizes["max_variant_s"])
+        ctx = common.Context(
+            quick=args.quick,
+            reps=reps,
+            threads=threads,
+            machine=machine,
+            min_rep_s=sizes.min_rep_s,
+            max_variant_s=sizes.max_variant_s,
+        )
         t0 = time.perf_counter()
         try:
             mod = importlib.import_module(REGISTRY[bid])
@@ -129,8 +162,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _spawn_worker(args: argparse.Namespace, threads: int, tmpdir: Path) -> dict[str, Any]:
     out_file = tmpdir / f"worker_threads{threads}.json"
-    cmd = [sys.executable, "-m", "bench.run", "--_worker", "--_worker-out", str(out_file),
-           "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "bench.run", "--_worker", "--_worker-out", str(out_file), "--threads", str(threads)]
     if args.quick:
         cmd.append("--quick")
     if args.only:
@@ -144,8 +176,12 @@ def _spawn_worker(args: argparse.Namespace, threads: int, tmpdir: Path) -> dict[
     common.log(f"starting worker: threads={threads}")
     proc = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env)  # stderr passes through: progress
     if proc.returncode != 0 or not out_file.exists():
-        return {"threads": threads, "machine": None, "benchmarks": {},
-                "errors": {"worker": f"worker exited with {proc.returncode}"}}
+        return {
+            "threads": threads,
+            "machine": None,
+            "benchmarks": {},
+            "errors": {"worker": f"worker exited with {proc.returncode}"},
+        }
     data: dict[str, Any] = json.loads(out_file.read_text())
     return data
 
@@ -155,8 +191,10 @@ def _failures(bid: str, result: dict[str, Any], threads: int) -> list[str]:
     for case in result.get("cases", []):
         for row in case.get("rows", []):
             if row.get("status") in ("check failed", "error"):
-                found.append(f"{bid} threads={threads} {row.get('chain', '')} ({row.get('shape', '')}) "
-                             f"{row.get('variant', '')}: {row['status']}: {row.get('reason', '')}")
+                found.append(
+                    f"{bid} threads={threads} {row.get('chain', '')} ({row.get('shape', '')}) "
+                    f"{row.get('variant', '')}: {row['status']}: {row.get('reason', '')}"
+                )
     return found
 
 
@@ -176,11 +214,13 @@ def _main_parent(args: argparse.Namespace) -> int:
         for bid, res in w.get("benchmarks", {}).items():
             failures += _failures(bid, res, w["threads"])
 
+    plt: Any
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         plot_note = ""
     except ImportError:
         plt = None
@@ -193,9 +233,16 @@ def _main_parent(args: argparse.Namespace) -> int:
     plots: list[str] = []
     for bid in ids:
         mod = importlib.import_module(REGISTRY[bid])
-        runs = [{"threads": w["threads"], "machine": w.get("machine"), "result": w["benchmarks"].get(bid),
-                 "error": w.get("errors", {}).get(bid) or w.get("errors", {}).get("worker")}
-                for w in workers if w.get("machine")]
+        runs = [
+            {
+                "threads": w["threads"],
+                "machine": w.get("machine"),
+                "result": w["benchmarks"].get(bid),
+                "error": w.get("errors", {}).get(bid) or w.get("errors", {}).get("worker"),
+            }
+            for w in workers
+            if w.get("machine")
+        ]
         md = mod.render_markdown(runs) if runs else f"## {bid}\n\nNo worker produced results.\n"
         (out_dir / f"{bid}.md").write_text(md + "\n")
         sections.append(md)
@@ -242,8 +289,9 @@ def _main_parent(args: argparse.Namespace) -> int:
     }
     (out_dir / "results.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     print(report)
-    common.log(f"wrote {out_dir / 'report.md'}, {out_dir / 'results.json'}"
-               + (f", {len(plots)} plot(s)" if plots else ""))
+    common.log(
+        f"wrote {out_dir / 'report.md'}, {out_dir / 'results.json'}" + (f", {len(plots)} plot(s)" if plots else "")
+    )
     if errors:
         return 1
     if failures:
