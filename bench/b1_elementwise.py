@@ -361,6 +361,9 @@ def run_case(
             checks_ok[live.name] = True  # judged below (tzfast) or the oracle itself (torchzero)
         else:
             assert live.check is not None
+            if live.check.steps_checked < len(grad_steps) and live.check.passed:
+                live.check.passed = False  # a check that did not run is no pass
+                live.check.errors.append(f"only {live.check.steps_checked} of {len(grad_steps)} steps compared")
             checks_ok[live.name] = live.check.passed
             if not live.check.passed:
                 log(f"  CHECK FAILED {live.name} vs {ref.name}: {live.check.summary()}")
