@@ -214,7 +214,10 @@ def machine_line(machine: dict[str, Any]) -> str:
             f"{ax['gbps_med']:.1f} GB/s median, {ax['gbps_best']:.1f} GB/s best"
         )
     if machine.get("loadavg_1m") is not None:
-        parts.append(f"load average {machine['loadavg_1m']:.2f} at start")
+        txt = f"load average {machine['loadavg_1m']:.2f} at start"
+        if machine.get("loadavg_1m_end") is not None:
+            txt += f", {machine['loadavg_1m_end']:.2f} at end"
+        parts.append(txt + " (other processes on this machine add noise)")
     return "Machine: " + " · ".join(parts)
 
 

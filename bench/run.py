@@ -152,6 +152,8 @@ def _worker(args: argparse.Namespace) -> int:
             common.log(f"{bid} failed:\n{tb}")
             out["errors"][bid] = tb
         common.log(f"{bid} done in {time.perf_counter() - t0:.1f} s")
+    if hasattr(os, "getloadavg"):
+        machine["loadavg_1m_end"] = os.getloadavg()[0]
     assert args.worker_out is not None
     args.worker_out.write_text(json.dumps(out, indent=1, default=str))
     return 0
