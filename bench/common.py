@@ -217,7 +217,7 @@ def machine_line(machine: dict[str, Any]) -> str:
         txt = f"load average {machine['loadavg_1m']:.2f} at start"
         if machine.get("loadavg_1m_end") is not None:
             txt += f", {machine['loadavg_1m_end']:.2f} at end"
-        parts.append(txt + " (other processes on this machine add noise)")
+        parts.append(txt)
     return "Machine: " + " · ".join(parts)
 
 
