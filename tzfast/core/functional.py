@@ -31,19 +31,18 @@ def _fusable_tail(modules: Sequence[Module]) -> bool:
     return all(getattr(m, "_is_scale", False) and m._scale_ready() for m in modules)  # type: ignore[attr-defined]
 
 
-def _chain_step(objective: Objective, modules: Sequence[Module]) -> Objective:
+def _chain_step(objective: Objective, modules: Sequence[Module], fuse: bool = False) -> Objective:
     """Steps ``objective`` through ``modules`` in order.
 
-    On the top-level chain of an optimizer step, an elementwise native module followed only by
-    scalar multipliers (``LR``, ``StepSize``, ``Mul(number)``, ``Div(number)``, ``Negate``) is run
-    as one kernel that writes the parameters directly: the update is never materialised.
+    With ``fuse`` (only the top-level chain of an optimizer step, where the update is subtracted
+    from the parameters right after the chain), an elementwise native module followed only by
+    scalar multipliers (``LR``, ``StepSize``, ``Mul(number)``, ``Div(number)``, ``Negate``) is
+    run as one kernel that writes the parameters directly: the update is never materialised.
     """
     for i, module in enumerate(modules):
         if i != 0:
-            fusable = objective._fusable
             objective = objective.clone(clone_updates=False)
-            objective._fusable = fusable
-        if (objective._fusable and not objective.skip_update and getattr(module, "_fused_step", None) is not None
+        if (fuse and not objective.skip_update and getattr(module, "_fused_step", None) is not None
                 and _fusable_tail(modules[i + 1:]) and module._fused_step(objective, modules[i + 1:])):  # type: ignore[attr-defined]
             objective._applied = True
             return objective
@@ -61,7 +60,7 @@ def step(objective: Objective, modules: Module | Sequence[Module]) -> Objective:
         raise RuntimeError("`modules` is an empty sequence")
     if objective.closure is None and objective.grads is None:
         objective.grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in objective.params]
-    return _chain_step(objective, modules)
+    return _chain_step(objective, modules, fuse=objective._fusable)
 
 
 def step_tensors(modules: Module | Sequence[Module], tensors: Sequence[torch.Tensor],

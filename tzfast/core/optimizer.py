@@ -162,7 +162,8 @@ class Optimizer(torch.optim.Optimizer):
             self.should_terminate = objective.should_terminate
         self.current_step += 1
         objective.apply_post_step_hooks(self.modules)
-        return self._closure_return
+        ret, self._closure_return = self._closure_return, None  # do not keep the loss's graph alive
+        return ret
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
