@@ -42,7 +42,8 @@ def _chain_step(objective: Objective, modules: Sequence[Module], fuse: bool = Fa
     for i, module in enumerate(modules):
         if i != 0:
             objective = objective.clone(clone_updates=False)
-        if (fuse and not objective.skip_update and getattr(module, "_fused_step", None) is not None
+        # hooks may read objective.updates after the step, so a chain with hooks is not fused
+        if (fuse and not objective.skip_update and not objective.post_step_hooks and getattr(module, "_fused_step", None) is not None
                 and _fusable_tail(modules[i + 1:]) and module._fused_step(objective, modules[i + 1:])):  # type: ignore[attr-defined]
             objective._applied = True
             return objective
