@@ -44,25 +44,30 @@ venv: $(STAMP_DEV)
 build: $(STAMP_DEV)
 	$(PY) setup.py -q build_ext --inplace
 
-test-cpp: build
-	$(VENV)/bin/cmake --build $(BUILD_DIR) --target tzfast_cpp_tests
+CPP_TESTS = $(VENV)/bin/cmake --build $(BUILD_DIR) --target tzfast_cpp_tests && \
 	$(VENV)/bin/ctest --test-dir $(BUILD_DIR) --output-on-failure
-
-# nvcc -Werror compile check of cuda/*.cu (defined by cmake/cuda.cmake; says so when nvcc is absent).
-test-cuda-compile: build
-	@if grep -q '^cuda_compile_check:' <($(VENV)/bin/ninja -C $(BUILD_DIR) -t targets all 2>/dev/null); then \
-	  $(VENV)/bin/cmake --build $(BUILD_DIR) --target cuda_compile_check; \
+# nvcc -Werror compile check of cuda/*.cu (a target of cmake/cuda.cmake, which says so itself
+# when nvcc is absent).
+CUDA_COMPILE = if $(VENV)/bin/ninja -C $(BUILD_DIR) -t targets all 2>/dev/null | grep -q '^cuda_compile_check:'; \
+	then $(VENV)/bin/cmake --build $(BUILD_DIR) --target cuda_compile_check; \
 	else echo "no cuda_compile_check target in this build: CUDA compile check skipped"; fi
+PY_TESTS = $(PY) -m pytest -q
+
+test-cpp: build
+	$(CPP_TESTS)
+
+test-cuda-compile: build
+	@$(CUDA_COMPILE)
 
 test-py: build
-	$(PY) -m pytest -q
+	$(PY_TESTS)
 
-# Runs every stage even when one fails, then fails if any did.
+# Every stage runs even when an earlier one fails; the target fails if any did.
 test: build
 	@status=0; \
-	$(MAKE) --no-print-directory test-cpp || status=1; \
-	$(MAKE) --no-print-directory test-cuda-compile || status=1; \
-	$(MAKE) --no-print-directory test-py || status=1; \
+	echo "== C++ tests (ctest)"; ( $(CPP_TESTS) ) || status=1; \
+	echo "== CUDA compile check"; ( $(CUDA_COMPILE) ) || status=1; \
+	echo "== Python tests (pytest)"; $(PY_TESTS) || status=1; \
 	if [ $$status -ne 0 ]; then echo "make test: FAILED (see above)"; fi; \
 	exit $$status
 
