@@ -184,7 +184,7 @@ set +e
 (cd "$TREE" && "$PY" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} tests) 2>&1 | tee "$PYTEST_LOG"
 PYTEST_RC=${PIPESTATUS[0]}
 set -e
-PYTEST_SUMMARY="$(grep -E '^[=]* ?[0-9]+ (passed|failed|error)' "$PYTEST_LOG" | tail -n1 | sed 's/=//g; s/^ *//; s/ *$//')"
+PYTEST_SUMMARY="$(grep -E '^[= ]*[0-9]+ (passed|failed|errors?|skipped|deselected|xfailed|xpassed)' "$PYTEST_LOG" | tail -n1 | sed 's/=//g; s/ in [0-9.]*s.*$//; s/^ *//; s/ *$//')"
 [[ $PYTEST_RC -eq 0 ]] || die "pytest exited $PYTEST_RC: $PYTEST_SUMMARY"
 
 # --- 5. kernels on a GPU, when there is one -------------------------------------------------
