@@ -90,6 +90,11 @@ def _clip_norm_(tensors: list[torch.Tensor], max_norm: Sequence[float] | None, n
         torch._foreach_mul_(tensors, muls)
         return
 
+    if dim is None and not inverse_dims and not (isinstance(ord, str) and ord in ("mad", "std", "var", "sum")) \
+            and len({(t.dtype, t.device) for t in tensors}) == 1:
+        _clip_norm_tensorwise_(tensors, max_norm, norm_value, _norm_order(ord), min_size, min_norm)
+        return
+
     dims = [dim] if isinstance(dim, int) else (list(dim) if dim is not None else None)
     targets, muls = [], []
     for i, t in enumerate(tensors):
@@ -117,6 +122,30 @@ def _clip_norm_(tensors: list[torch.Tensor], max_norm: Sequence[float] | None, n
         muls.append(mul.view_as(t) if t.ndim == 0 else mul)
     if targets:
         torch._foreach_mul_(targets, muls)
+
+
+def _clip_norm_tensorwise_(tensors: list[torch.Tensor], max_norm: Sequence[float] | None,
+                           norm_value: Sequence[float] | None, p: float, min_size: int,
+                           min_norm: Sequence[float] | None) -> None:
+    """The per-tensor case of :func:`_clip_norm_` with all norms and factors computed at once."""
+    norms = torch.stack(torch._foreach_norm(tensors, p))
+    small = torch.tensor([t.numel() < min_size for t in tensors], device=norms.device)
+    skip = small | (norms == 0)
+    norms = torch.where(norms <= 1e-12, torch.ones_like(norms), norms)
+
+    def vec(values: Sequence[float]) -> torch.Tensor:
+        return torch.tensor(list(values), dtype=norms.dtype, device=norms.device)
+
+    if norm_value is not None:
+        mul = vec(norm_value) / norms
+    else:
+        mul = torch.ones_like(norms)
+        if min_norm is not None:
+            mul = mul * (vec(min_norm) / norms).clamp(min=1)
+        if max_norm is not None:
+            mul = mul * (vec(max_norm) / norms).clamp(max=1)
+    mul = torch.where(skip, torch.ones_like(mul), mul)
+    torch._foreach_mul_(tensors, list(mul.unbind(0)))
 
 
 def _grads(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
