@@ -207,7 +207,7 @@ def assert_exact(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -
 
 
 def assert_results(actual: Call, expected: Call, exact: bool, dtype: torch.dtype) -> None:
-    for k, (a, e) in enumerate(zip(actual.results(), expected.results())):
+    for k, (a, e) in enumerate(zip(actual.results(), expected.results(), strict=True)):
         if exact:
             assert_exact(a, e, f"result {k}")
         else:
@@ -259,7 +259,7 @@ def test_native_matches_reference_noncontiguous_and_inplace(cfg: Config, mode: s
         # the same numbers as an ordinary contiguous call (in place is covered below)
         plain = make_call(cfg, shapes, torch.float64, seed=3)
         native(cfg.op)(*plain.args())
-        for k, (a, e) in enumerate(zip(got.results(), plain.results())):
+        for k, (a, e) in enumerate(zip(got.results(), plain.results(), strict=True)):
             assert_exact(a, e, f"result {k}")
 
 
@@ -271,7 +271,7 @@ def test_inplace_equals_out_of_place_with_out_equal_to_input() -> None:
         b.out = [t.clone() for t in b.tensors]
         native(cfg.op)(*a.args())
         native(cfg.op)(*b.args())
-        for k, (x, y) in enumerate(zip(a.results(), b.results())):
+        for k, (x, y) in enumerate(zip(a.results(), b.results(), strict=True)):
             assert_exact(x, y, f"{cfg.id} result {k}")
 
 
@@ -309,7 +309,7 @@ def test_accumulate_false_never_reads_out() -> None:
             o.fill_(float("nan"))
         native(cfg.op)(*a.args())
         native(cfg.op)(*b.args())
-        for k, (x, y) in enumerate(zip(a.results(), b.results())):
+        for k, (x, y) in enumerate(zip(a.results(), b.results(), strict=True)):
             assert_exact(x, y, f"{cfg.id} result {k}")
 
 
@@ -335,12 +335,12 @@ def test_adam_matches_hand_computed_step() -> None:
 def test_half_types_match_reference(cfg: Config, dtype: torch.dtype) -> None:
     got, want = run_both(cfg, ODD_SHAPES, dtype, seed=9)
     tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
-    for k, (a, e) in enumerate(zip(got.results(), want.results())):
+    for k, (a, e) in enumerate(zip(got.results(), want.results(), strict=True)):
         assert a.dtype == dtype
         torch.testing.assert_close(a, e, rtol=tol, atol=tol, equal_nan=True, msg=f"result {k}")
     if cfg.exact:
         # both compute in float32 and round once when storing: the same bits
-        for k, (a, e) in enumerate(zip(got.results(), want.results())):
+        for k, (a, e) in enumerate(zip(got.results(), want.results(), strict=True)):
             assert_exact(a, e, f"result {k}")
 
 
@@ -377,7 +377,7 @@ def test_simd_levels_give_identical_results(tmp_path: Path) -> None:
         pytest.skip("this CPU runs only the baseline kernels: nothing to compare")
     assert base["results"].keys() == auto["results"].keys()
     for key, b_res in base["results"].items():
-        for k, (a, b) in enumerate(zip(auto["results"][key], b_res)):
+        for k, (a, b) in enumerate(zip(auto["results"][key], b_res, strict=True)):
             assert_exact(a, b, f"{key} result {k} ({auto['info']['simd_selected']} vs baseline)")
 
 
@@ -485,7 +485,7 @@ def test_bad_state_buffers_share_memory(op: str, impl: str) -> None:
 @pytest.mark.parametrize("impl", IMPLS)
 def test_bad_unary_op_code(impl: str) -> None:
     for code in (5, -1, 100):
-        _expect(IMPLS[impl]("unary_"), _bad("unary_", scalars=lambda c: (code, *c.scalars[1:])),
+        _expect(IMPLS[impl]("unary_"), _bad("unary_", scalars=lambda c, code=code: (code, *c.scalars[1:])),
                 "tzfast::unary_", f"unknown op code {code}", "0 (affine)", "4 (clamp)")
 
 
@@ -546,6 +546,6 @@ def test_no_extension_env_runs_reference_with_one_warning(tmp_path: Path) -> Non
     for cfg in CONFIGS:
         call = make_call(cfg, ODD_SHAPES, torch.float32, seed=14)
         getattr(ops, cfg.op)(*call.args())
-        for a, e in zip(call.results(), results[cfg.id]):
+        for a, e in zip(call.results(), results[cfg.id], strict=True):
             # the subprocess's twins use torch's sqrt (within 1 ulp of IEEE)
             torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5, equal_nan=True, msg=cfg.id)

@@ -6,6 +6,7 @@ reference twin (``tzfast.ops``), and exactly one :class:`RuntimeWarning` says so
 """
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from types import ModuleType
@@ -22,10 +23,9 @@ def _load() -> tuple[ModuleType | None, str | None]:
     if os.environ.get("TZFAST_NO_EXTENSION", "").strip() not in ("", "0"):
         return None, "disabled by TZFAST_NO_EXTENSION"
     try:
-        from . import _C
+        return importlib.import_module(f"{__package__}._C"), None
     except ImportError as e:
         return None, f"{type(e).__name__}: {e}"
-    return _C, None
 
 
 _C, LOAD_ERROR = _load()

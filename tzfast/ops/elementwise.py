@@ -357,31 +357,33 @@ if HAS_EXTENSION:
     _weight_decay = torch.ops.tzfast.weight_decay_.default
 
     @torch.library.register_fake("tzfast::adam_")
-    def _adam_fake(tensors, exp_avg, exp_avg_sq, max_exp_avg_sq, out, *args: Any) -> None:  # type: ignore[no-untyped-def]
+    def _adam_fake(tensors: list[Tensor], exp_avg: Tensor, exp_avg_sq: Tensor, max_exp_avg_sq: Tensor | None,
+                   out: list[Tensor], *args: Any) -> None:
         _check_call("adam_", tensors, out, None,
                     (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq), ("max_exp_avg_sq", max_exp_avg_sq)),
                     check_overlap=False)
 
     @torch.library.register_fake("tzfast::ema_")
-    def _ema_fake(tensors, exp_avg, out, *args: Any) -> None:  # type: ignore[no-untyped-def]
+    def _ema_fake(tensors: list[Tensor], exp_avg: Tensor, out: list[Tensor], *args: Any) -> None:
         _check_call("ema_", tensors, out, None, (("exp_avg", exp_avg),), check_overlap=False)
 
     @torch.library.register_fake("tzfast::nag_")
-    def _nag_fake(tensors, velocity, out, *args: Any) -> None:  # type: ignore[no-untyped-def]
+    def _nag_fake(tensors: list[Tensor], velocity: Tensor, out: list[Tensor], *args: Any) -> None:
         _check_call("nag_", tensors, out, None, (("velocity", velocity),), check_overlap=False)
 
     @torch.library.register_fake("tzfast::ema_sq_")
-    def _ema_sq_fake(tensors, exp_avg_sq, max_exp_avg_sq, out, *args: Any) -> None:  # type: ignore[no-untyped-def]
+    def _ema_sq_fake(tensors: list[Tensor], exp_avg_sq: Tensor, max_exp_avg_sq: Tensor | None, out: list[Tensor],
+                     *args: Any) -> None:
         _check_call("ema_sq_", tensors, out, None,
                     (("exp_avg_sq", exp_avg_sq), ("max_exp_avg_sq", max_exp_avg_sq)), check_overlap=False)
 
     @torch.library.register_fake("tzfast::unary_")
-    def _unary_fake(tensors, out, op, *args: Any) -> None:  # type: ignore[no-untyped-def]
+    def _unary_fake(tensors: list[Tensor], out: list[Tensor], op: int, *args: Any) -> None:
         _check_unary_op(op)
         _check_call("unary_", tensors, out, None, (), check_overlap=False)
 
     @torch.library.register_fake("tzfast::weight_decay_")
-    def _weight_decay_fake(tensors, params, out, *args: Any) -> None:  # type: ignore[no-untyped-def]
+    def _weight_decay_fake(tensors: list[Tensor], params: list[Tensor], out: list[Tensor], *args: Any) -> None:
         _check_call("weight_decay_", tensors, out, params, (), check_overlap=False)
 else:
     _adam = adam_reference_
