@@ -5,9 +5,15 @@
 // `TORCH_LIBRARY_FRAGMENT(tzfast, m)`. The CUDA kernels are registered by
 // csrc/ops/elementwise_cuda.cpp (built with TZFAST_CUDA=ON) and reuse prepare_call().
 
-#include <ATen/ATen.h>
+// Only the method operators and the few functions used here (not all of ATen/ATen.h): this is
+// the one translation unit of the CPU build that includes torch, keep it light.
+#ifndef TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#endif
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>

@@ -4,7 +4,7 @@
 // backends accept and reject exactly the same calls with the same messages.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <initializer_list>
