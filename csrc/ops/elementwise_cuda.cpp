@@ -22,14 +22,14 @@
 // headers; c10::cuda::getCurrentCUDAStream is the same function.
 #ifdef TZFAST_WITH_CUDA
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cstdint>
-#include <cstring>
 #include <optional>
 
 #include "cuda/launchers.h"
