@@ -285,6 +285,41 @@ def test_native_matches_reference_many_tensors_and_chunks(cfg: Config) -> None:
     assert_results(got, want, True, torch.float32)
 
 
+def _cpu_ticks_per_thread() -> dict[str, int]:
+    ticks = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks[tid] = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2,
+                    reason="needs Linux /proc and two CPUs")
+def test_large_calls_run_on_several_threads() -> None:
+    """The chunk loop really runs in parallel (at::parallel_for needs -fopenmp, or it is serial)."""
+    n = 4 * 1024 * 1024
+    g, p = torch.randn(n), torch.randn(n)
+    m, v = torch.zeros(n), torch.zeros(n)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        before = _cpu_ticks_per_thread()
+        busy: set[str] = set()
+        for _ in range(20):  # pow=3 calls libm per element: about 0.1 s of CPU per call
+            ops.adam_([g], m, v, None, [p], 0.9, 0.999, 1e-8, 1e-3, 3.0, -1e-3, True)
+            after = _cpu_ticks_per_thread()
+            busy = {t for t, k in after.items() if k > before.get(t, 0)}
+            if len(busy) >= 2:
+                break
+    finally:
+        torch.set_num_threads(old)
+    assert len(busy) >= 2, f"only {len(busy)} thread(s) did work"
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_empty_lists(op: str) -> None:
     cfg = next(c for c in CONFIGS if c.op == op)
