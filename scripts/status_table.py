@@ -1,9 +1,10 @@
 """Generates the README's status table from the code (tz.m) and the spec's module list.
 
     python scripts/status_table.py            # print the table
-    python scripts/status_table.py --write    # rewrite the table inside README.md
+    python scripts/status_table.py --write    # rewrite the generated sections of README.md
 
-The spec list is read from ../shared/spec/INVENTORY.md (section 2, 284 entries).
+The spec list is read from ../shared/spec/INVENTORY.md (section 2, 284 entries). `--write` also
+copies the last `make cuda-check` result line (docs/cuda-check-last.txt) into the README.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT.parent / "shared" / "spec" / "INVENTORY.md"
 BEGIN, END = "<!-- status:begin -->", "<!-- status:end -->"
+CUDA_LAST = ROOT / "docs" / "cuda-check-last.txt"
 ROW = re.compile(r"^\| (\d+|F\d) \| ([A-Za-z_0-9]+)(?: \(sic\))? \| ([^|]+) \|")
 
 
@@ -68,13 +70,21 @@ def main() -> int:
         return 0
     readme = ROOT / "README.md"
     text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        print(f"README.md has no {BEGIN} ... {END} markers", file=sys.stderr)
-        return 1
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{t}\n{END}{tail}")
+    text = replace_section(text, "status", t)
+    if CUDA_LAST.exists():
+        text = replace_section(text, "cuda", f"> {CUDA_LAST.read_text().strip()}")
+    readme.write_text(text)
     return 0
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """Replaces what lies between ``<!-- name:begin -->`` and ``<!-- name:end -->``."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"README.md has no {begin} ... {end} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
 if __name__ == "__main__":
