@@ -157,11 +157,7 @@ class ElementwiseTransform(TensorTransform):
         if self._target != "update" or self.children:
             return super().step(objective)
         layout = self._layout_for(objective)
-        if objective.updates is None:
-            tensors = objective.get_grads()
-            out = [torch.empty_like(t) for t in tensors]
-        else:
-            tensors = out = objective.updates
+        tensors, out = input_output(objective)
         s0 = self._settings0(objective)
         ctx = self._begin(s0, True)
         self._execute(layout, tensors, out, ctx, s0, None, False)
@@ -169,14 +165,6 @@ class ElementwiseTransform(TensorTransform):
         return objective
 
     # ---------------------------------------------------------------- update/apply split (Online, targets)
-    def _layout_of(self, params: list[torch.Tensor]) -> Layout:
-        cached = self._layout_cache
-        if cached is not None and len(cached.params) == len(params) and cached.ids == list(map(id, params)):
-            return cached
-        layout = Layout(params)
-        self._layout_cache = layout
-        return layout
-
     def multi_tensor_update(self, tensors, params, grads, loss, states, settings):  # type: ignore[no-untyped-def]
         if self._split != "both":
             return
@@ -241,16 +229,21 @@ class ScaleTransform(ElementwiseTransform):
         ops.unary_(tensors, out, UNARY_AFFINE, scale, 0.0, out_scale, accumulate)
 
 
+def input_output(objective: Objective) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """What an elementwise op reads and writes: the update in place, or the gradient into new tensors
+    (the gradient itself is never written)."""
+    if objective.updates is None:
+        tensors = objective.get_grads()
+        return tensors, [torch.empty_like(t) for t in tensors]
+    return objective.updates, objective.updates
+
+
 def unary_on_objective(module: Module, objective: Objective, op: int, a: float, b: float) -> Objective:
     """Applies a native unary op to the update (to a copy of the gradient if none), bucket by bucket."""
     from .. import ops
 
     layout = module._layout_for(objective)
-    if objective.updates is None:
-        tensors = objective.get_grads()
-        out = [torch.empty_like(t) for t in tensors]
-    else:
-        tensors = out = objective.updates
+    tensors, out = input_output(objective)
     for bucket in layout.buckets:
         ops.unary_(bucket.take(tensors), bucket.take(out), op, a, b, 1.0, False)
     objective.updates = list(out)

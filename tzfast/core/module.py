@@ -151,10 +151,13 @@ class Module(ABC):
 
     # ------------------------------------------------------------------ runs
     def _layout_for(self, objective: Objective) -> Layout:
+        """The objective's layout (the optimizer's), or one built for its parameters and cached."""
         layout = objective.layout
         if layout is not None and layout.params is objective.params:
             return layout
-        params = objective.params
+        return self._layout_of(objective.params)
+
+    def _layout_of(self, params: list[torch.Tensor]) -> Layout:
         cached = self._layout_cache
         if cached is not None and len(cached.params) == len(params) and cached.ids == list(map(id, params)):
             return cached
