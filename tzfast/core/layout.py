@@ -47,11 +47,13 @@ class Run:
 
 class Bucket:
     __slots__ = ("index", "device", "dtype", "params", "param_idx", "numels", "offsets", "numel",
-                 "segments", "_getter", "identity")
+                 "segments", "_getter", "identity", "global_offsets")
 
     def __init__(self, index: int, params: list[torch.Tensor], param_idx: list[int],
-                 segments: list[tuple[int, int, Any]], identity: bool):
+                 segments: list[tuple[int, int, Any]], identity: bool, global_offsets: list[int]):
         self.index = index
+        # element offset of each parameter in the layout's global order (DESIGN principle 4)
+        self.global_offsets = global_offsets
         self.params = params
         self.param_idx = param_idx
         self.device = params[0].device
@@ -105,6 +107,7 @@ class Layout:
         for i, p in enumerate(self.params):
             keyed.setdefault((p.device, p.dtype), []).append(i)
 
+        starts = [0, *itertools.accumulate(p.numel() for p in self.params)]
         self.buckets: list[Bucket] = []
         single = len(keyed) == 1
         for bi, idx in enumerate(keyed.values()):
@@ -117,7 +120,8 @@ class Layout:
                     segments[-1] = (s[0], j + 1, g)
                 else:
                     segments.append((j, j + 1, g))
-            self.buckets.append(Bucket(bi, bparams, idx, segments, identity=single))
+            self.buckets.append(Bucket(bi, bparams, idx, segments, identity=single,
+                                       global_offsets=[starts[i] for i in idx]))
 
     def __len__(self) -> int:
         return len(self.params)
