@@ -1,0 +1,207 @@
+"""The shared driver of the estimators whose random directions come from the perturbation engine.
+
+An estimate is ``g = (1/n) sum_k c_k u_k``: ``n`` seeded directions and one number per
+direction, the finite-difference quotient along it. The driver walks the parameters through the
+formula's points for every direction (moving out to the next direction in the same pass that
+moves back from the previous one), then either
+
+* materialises ``g`` with one engine pass into fresh gradient tensors, or
+* (fused, see :meth:`SeededEstimator._fused_step`) moves the parameters back from the last
+  direction *and* applies ``-lr * g`` in one pass: nothing of the model's size is allocated and
+  ``p.grad`` is not set.
+
+The parameters are moved back by subtracting what was added, as torchzero does (not restored
+from a copy); if the closure raises, they are moved back before the error propagates.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .directions import DirectionSet, Segment, Walk, next_key, tail_scales
+from .formulas import FDFormula, numerator
+from .grad_approximator import GradApproximator, GradTarget
+
+if TYPE_CHECKING:
+    from ...core.layout import Layout
+    from ...core.module import Module
+    from ...core.objective import Objective
+
+__all__ = ["SeededEstimator", "scalar"]
+
+
+def scalar(v: Any) -> float:
+    """A closure's value as a float; per-sample (vector) values are averaged."""
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            v = v.mean()
+        return float(v.item())
+    return float(v)
+
+
+def _mean(v: Any) -> Any:
+    if isinstance(v, torch.Tensor) and v.numel() > 1:
+        return v.mean()
+    return v
+
+
+class SeededEstimator(GradApproximator):
+    """Base of the randomized estimators (directions from the perturbation engine).
+
+    Subclasses implement :meth:`_estimate`; :meth:`approximate` and the fused step call it.
+
+    Args:
+        defaults: settings.
+        return_approx_loss: see :class:`GradApproximator`.
+        target: see :class:`GradApproximator`.
+        fuse: apply the step in the pass that moves the parameters back when the estimator is
+            followed only by scalar multipliers at the end of the optimizer's chain (``p.grad`` is
+            then not set). False gives torchzero's behaviour: the estimate is materialised and,
+            with ``target='closure'``, written to ``p.grad``.
+    """
+
+    def __init__(self, defaults: dict[str, Any], return_approx_loss: bool, target: GradTarget, fuse: bool):
+        super().__init__(defaults, return_approx_loss=return_approx_loss, target=target)
+        self.fuse = bool(fuse)
+        self._layout_now: Layout | None = None
+        self._key: int | None = None
+        self._step = 0
+        self._sq: tuple[int, dict[int, float]] | None = None
+
+    # ------------------------------------------------------------------ to override
+    def _estimate(self, closure: Callable, params: list[torch.Tensor], loss: Any, layout: Layout,
+                  scales: list[list[float]] | None) -> tuple[list[torch.Tensor] | None, Any, Any]:
+        """Estimates the gradient. With ``scales`` (per bucket, per run: the tail's multiplier)
+        the parameters are updated by ``-scale * g`` instead and no gradient is returned."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ keys and directions
+    def _seed(self) -> int | torch.Generator | None:
+        return self.defaults.get("seed")
+
+    def _pre_generate(self) -> bool:
+        return bool(self.defaults.get("pre_generate", True))
+
+    def pre_step(self, objective: Objective) -> None:
+        self._layout_now = self._layout_for(objective)
+        self._step = objective.current_step
+        self._key = next_key(self, self._seed(), self._step) if self._pre_generate() else None
+
+    def _call_key(self) -> int:
+        """The key of this estimate: the step's with ``pre_generate``, else a fresh one."""
+        if self._pre_generate():
+            if self._key is None:
+                self._key = next_key(self, self._seed(), self._step)
+            return self._key
+        return next_key(self, self._seed(), self._step)
+
+    def _directions(self, layout: Layout, key: int, n: int, distribution: str) -> DirectionSet:
+        if self._sq is None or self._sq[0] != key:
+            self._sq = (key, {})
+        return DirectionSet(self, layout, key, n, distribution, self._sq[1])
+
+    def _layout_of_params(self, params: list[torch.Tensor]) -> Layout:
+        layout = self._layout_now
+        if layout is not None and layout.params is params:
+            return layout
+        return self._layout_of(params)
+
+    # ------------------------------------------------------------------ GradApproximator
+    def approximate(self, closure: Callable, params: list[torch.Tensor], loss: Any
+                    ) -> tuple[list[torch.Tensor], Any, Any]:
+        with torch.no_grad():
+            grads, loss, loss_approx = self._estimate(closure, params, loss, self._layout_of_params(params), None)
+        assert grads is not None
+        return grads, loss, loss_approx
+
+    def _fused_step(self, objective: Objective, tail: Sequence[Module]) -> bool:
+        """Estimate and ``p -= lr * g`` without materialising ``g`` (see the module docstring)."""
+        if not self.fuse or self.children:
+            return False
+        if self._target == "closure" and (objective.grads is not None or objective.updates is not None):
+            return False  # the chain would not use this estimate
+        if self._target == "grad" and objective.updates is not None:
+            return False
+        layout = objective.layout
+        if layout is None or layout.params is not objective.params:
+            return False
+        scales = tail_scales(self, layout, tail)
+        if scales is None:
+            return False
+        self.pre_step(objective)
+        closure = self._closure_of(objective)
+        for m in tail:
+            m._tick()  # type: ignore[attr-defined]
+        with torch.no_grad():
+            _, loss, loss_approx = self._estimate(closure, objective.params, objective.loss, layout, scales)
+        if loss_approx is not None:
+            objective.loss_approx = loss_approx
+        if loss is not None:
+            objective.loss = loss
+        return True
+
+    def reset(self) -> None:
+        # like torchzero's generator, an int seed's stream is not restarted by reset()
+        keep: dict[str, Any] = {k: self.global_state[k] for k in ("key_step", "key_draws") if k in self.global_state}
+        super().reset()
+        self.global_state.update(keep)
+        self._key = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = super().__getstate__()
+        d["_layout_now"] = None
+        d["_sq"] = None
+        return d
+
+    # ------------------------------------------------------------------ the finite-difference walk
+    def _fd_walk(self, closure: Callable, dirs: DirectionSet, formula: FDFormula, f0: Any,
+                 unit: Callable[[Segment, int], float], gcoef: Callable[[Segment, int, float], float],
+                 params: list[torch.Tensor], scales: list[list[float]] | None
+                 ) -> tuple[list[torch.Tensor] | None, Any, Any]:
+        """Runs ``formula`` along every direction of ``dirs`` and finishes the estimate.
+
+        ``unit(seg, k)`` is the coefficient of ``z_k`` for a move of one step; ``gcoef(seg, k, q)``
+        the coefficient of ``z_k`` in the gradient for the quotient ``q = numerator / den``.
+        Returns ``(grads or None, loss, loss_approx)``.
+        """
+        n = dirs.n
+        walk = Walk(dirs, unit)
+        quotients: list[float] = []
+        loss_approx: Any = None
+        moves = formula.moves
+        try:
+            for k in range(n):
+                if formula.uses_f0 and f0 is None:
+                    walk.flush()
+                    f0 = closure(False)
+                values: dict[int, Any] = {0: f0}
+                for pos, m in zip(formula.points, moves, strict=False):
+                    walk.move(k, m)
+                    walk.flush()
+                    values[pos] = closure(False)
+                walk.move(k, moves[-1])
+                quotients.append(scalar(numerator(formula, values)) / formula.den)
+                loss_approx = values[formula.points[0]] if formula.central else f0
+        except BaseException:
+            walk.undo()
+            raise
+        inv_n = 1.0 / n
+
+        if scales is None:
+            walk.flush()
+            return self._materialise(dirs, params, lambda seg: {
+                k: gcoef(seg, k, q) * inv_n for k, q in enumerate(quotients)}), _mean(f0), _mean(loss_approx)
+
+        walk.finish(lambda seg: {k: -scales[seg.bucket][seg.run] * gcoef(seg, k, q) * inv_n
+                                 for k, q in enumerate(quotients)})
+        return None, _mean(f0), _mean(loss_approx)
+
+    @staticmethod
+    def _materialise(dirs: DirectionSet, params: list[torch.Tensor],
+                     coeffs: Callable[[Segment], dict[int, float]]) -> list[torch.Tensor]:
+        """``g = sum_k coeffs[k] z_k`` in fresh tensors shaped like ``params`` (one pass per segment)."""
+        grads = [torch.empty(p.shape, dtype=p.dtype, device=p.device) for p in params]
+        dirs.combine_(dirs.outputs(grads), coeffs, False)
+        return grads
