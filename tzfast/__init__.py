@@ -10,6 +10,7 @@ from ._version import __version__
 from .core import Chain, Modular, Module, Objective, Optimizer, TensorTransform, Transform, Var
 from . import modules
 from . import modules as m
+from . import zero_order
 
 __all__ = ["Chain", "Modular", "Module", "Objective", "Optimizer", "TensorTransform", "Transform", "Var",
-           "core", "m", "modules", "__version__"]
+           "core", "m", "modules", "zero_order", "__version__"]

@@ -9,11 +9,12 @@ from .module import Chainable, Module
 from .objective import Objective, Var
 from .operations import BinaryOperationBase, MultiOperationBase, ReduceOperationBase
 from .optimizer import Modular, Optimizer
+from .reformulation import Reformulation
 from .transform import Target, TensorTransform, Transform
 
 __all__ = [
     "Chain", "Chainable", "ElementwiseTransform", "Layout", "Modular", "Module", "Objective", "Optimizer",
     "ScaleTransform", "Target", "TensorTransform", "Transform", "Var", "BinaryOperationBase",
-    "MultiOperationBase", "ReduceOperationBase", "apply", "flatten_modules", "maybe_chain", "step",
+    "MultiOperationBase", "ReduceOperationBase", "Reformulation", "apply", "flatten_modules", "maybe_chain", "step",
     "step_tensors", "update",
 ]
