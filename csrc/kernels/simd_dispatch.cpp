@@ -4,16 +4,19 @@
 #include <cstring>
 
 #include "cpu_kernels.h"
+#include "perturb_kernels.h"
 
 namespace tzfast {
 namespace cpu {
 
 namespace baseline {
 const KernelTable& table();
+const PerturbTable& perturb_table();
 }
 #ifdef TZFAST_HAVE_AVX2
 namespace avx2 {
 const KernelTable& table();
+const PerturbTable& perturb_table();
 }
 #endif
 
@@ -82,6 +85,20 @@ const KernelTable* kernels_by_name(const char* name) {
   if (std::strcmp(name, "avx2") == 0) return &avx2::table();
 #endif
   return nullptr;
+}
+
+const PerturbTable* perturb_kernels_by_name(const char* name) {
+  if (std::strcmp(name, "baseline") == 0) return &baseline::perturb_table();
+#ifdef TZFAST_HAVE_AVX2
+  if (std::strcmp(name, "avx2") == 0) return &avx2::perturb_table();
+#endif
+  return nullptr;
+}
+
+// The level kernels() chose (its name is one of the compiled levels).
+const PerturbTable& perturb_kernels() {
+  static const PerturbTable& chosen = *perturb_kernels_by_name(kernels().name);
+  return chosen;
 }
 
 }  // namespace cpu

@@ -12,6 +12,7 @@
 
 #include "kernels/cpu_kernels.h"
 #include "kernels/half_bits.h"
+#include "test_perturb.h"
 #include "tzfast/elementwise.h"
 
 namespace ew = tzfast::ew;
@@ -566,5 +567,6 @@ int main() {
   const int n = int(sizeof tests / sizeof tests[0]);
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   std::printf("%d passed, %d failed\n", n - failed_tests, failed_tests);
-  return g_failures == 0 ? 0 : 1;
+  const int perturb_failures = run_perturb_tests();  // tests/cpp/test_perturb.cpp
+  return g_failures == 0 && perturb_failures == 0 ? 0 : 1;
 }
