@@ -179,7 +179,7 @@ class _Estimator:
                 coeffs.append(fk.to(torch.float64))
             scale = (grad_output.to(torch.float64) / denom)
             c = (torch.stack(coeffs) * scale).tolist()
-            grads = [torch.empty_like(p) for p in params]
+            grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
             dirs.combine_(grads, list(range(n)), c)
             return grads
 
