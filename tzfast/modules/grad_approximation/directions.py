@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from ...core.layout import Layout
     from ...core.module import Module
 
-__all__ = ["DirectionSet", "Walk", "check_distribution", "check_seed", "mix_key", "next_key", "tail_scales"]
+__all__ = ["DirectionSet", "Walk", "check_distribution", "check_seed", "mix_key", "next_key", "tail_scales",
+           "tails_align"]
 
 _MASK = (1 << 64) - 1
 _GAUSSIAN = 0
@@ -93,18 +94,25 @@ def next_key(module: Module, seed: int | torch.Generator | None, step: int) -> i
 
 
 # ----------------------------------------------------------------------------- tail multipliers
-def tail_scales(module: Module, layout: Layout, tail: Sequence[Module]) -> list[list[float]] | None:
-    """Per bucket, per run of ``module``: the product of the tail multipliers; None if a
-    multiplier resolves its settings over other runs (a per-parameter override only there)."""
+def tails_align(module: Module, layout: Layout, tail: Sequence[Module]) -> bool:
+    """Whether every tail multiplier resolves its settings over the same runs as ``module``
+    (False when a per-parameter override splits them differently)."""
+    for b in layout.buckets:
+        mine = [(r.pstart, r.pend) for r in module._runs(layout, b)]
+        for m in tail:
+            if not getattr(m, "_scale_uniform", False) and [(r.pstart, r.pend) for r in m._runs(layout, b)] != mine:
+                return False
+    return True
+
+
+def tail_scales(module: Module, layout: Layout, tail: Sequence[Module]) -> list[list[float]]:
+    """Per bucket, per run of ``module``: the product of the tail multipliers (runs aligned)."""
     result = []
     for b in layout.buckets:
         runs = module._runs(layout, b)
-        mine = [(r.pstart, r.pend) for r in runs]
         scales = [1.0] * len(runs)
         for m in tail:
             theirs = runs if getattr(m, "_scale_uniform", False) else m._runs(layout, b)
-            if [(r.pstart, r.pend) for r in theirs] != mine:
-                return None
             for i, r in enumerate(theirs):
                 scales[i] *= m._scale_of(r.settings)  # type: ignore[attr-defined]
         result.append(scales)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .directions import DirectionSet, Segment, Walk, next_key, tail_scales
+from .directions import DirectionSet, Segment, Walk, next_key, tail_scales, tails_align
 from .formulas import FDFormula, numerator
 from .grad_approximator import GradApproximator, GradTarget
 
@@ -127,13 +127,13 @@ class SeededEstimator(GradApproximator):
         layout = objective.layout
         if layout is None or layout.params is not objective.params:
             return False
-        scales = tail_scales(self, layout, tail)
-        if scales is None:
+        if not tails_align(self, layout, tail):
             return False
         self.pre_step(objective)
         closure = self._closure_of(objective)
         for m in tail:
             m._tick()  # type: ignore[attr-defined]
+        scales = tail_scales(self, layout, tail)  # after the ticks: a step-dependent multiplier (Debias)
         with torch.no_grad():
             _, loss, loss_approx = self._estimate(closure, objective.params, objective.loss, layout, scales)
         if loss_approx is not None:
