@@ -5,10 +5,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/cpu_kernels.h"
+#include "tzfast/philox.h"
 
 #ifndef TZFAST_VERSION
 #define TZFAST_VERSION "unknown"
@@ -75,6 +78,14 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "tzfast native extension: importing it registers torch.ops.tzfast.*";
   m.def("build_info", &build_info,
         "Build information: version, SIMD levels compiled and selected, CUDA, compiler, flags.");
+  m.def(
+      "_philox4x32_10",
+      [](uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+        tzfast::rng::philox4x32_10(c0, c1, c2, c3, k0, k1);
+        return std::make_tuple(c0, c1, c2, c3);
+      },
+      "Philox4x32-10 of one counter under one key (the header's function; for the "
+      "known-answer tests).");
   m.def(
       "simd_supported",
       [](const std::string& name) { return tzfast::cpu::simd_supported(name.c_str()); },
