@@ -159,7 +159,7 @@ log "import, build_info() and CUDA registrations"
 import torch
 import tzfast._C as C
 
-ops = ["adam_", "ema_", "nag_", "ema_sq_", "unary_", "weight_decay_"]
+ops = ["adam_", "ema_", "nag_", "ema_sq_", "unary_", "weight_decay_", "accumulate_directions_"]
 info = C.build_info()
 print("build_info():", info)
 info = dict(info) if not isinstance(info, dict) else info
@@ -261,6 +261,19 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         ops.ema_([t], m, [oc], 0.9, 0.0, False, 1.0, accumulate)
         ops.ema_([t.cuda()], mg, [og], 0.9, 0.0, False, 1.0, accumulate)
         compare("ema_ (non-contiguous)", [oc, m], [og, mg], dtype)
+        # accumulate_directions_: the same bits on both devices (shared header math, no FMA)
+        for dist in range(4):
+            oc, og = pair(dtype)
+            offs = [0, 15, 22, 3, 5000, 2**34 - 2]
+            args = (offs, -123456789, [0, 1, 7], [1.0, -0.5, 0.25], dist, 0.1, accumulate)
+            ops.accumulate_directions_(oc, *args)
+            ops.accumulate_directions_(og, *args)
+            nc = torch.zeros(8, 6, dtype=dtype).t(); ngc = nc.cuda()
+            ops.accumulate_directions_([nc], [7], *args[1:])
+            ops.accumulate_directions_([ngc], [7], *args[1:])
+            for a, b in zip(oc + [nc], og + [ngc]):
+                assert torch.equal(a, b.cpu()), ("accumulate_directions_", dtype, dist, accumulate)
+            worst["accumulate_directions_"] = 0.0
 torch.cuda.synchronize()
 name = torch.cuda.get_device_name()
 print(f"kernels run on {name}: every op matches the CPU kernel "
@@ -271,7 +284,7 @@ echo "$GPU_RESULT"
 
 # --- 6. the result line ---------------------------------------------------------------------
 ARCHS_CSV="${ARCHS//;/,}"
-LINE="$(date -u +%Y-%m-%dT%H:%MZ) PASS: torch $TORCH_VERSION (CUDA $TORCH_CUDA), nvcc $NVCC_VERSION, sm $ARCHS_CSV; built, imported, CUDA kernels registered for all 6 elementwise ops; CPU tests on that build: $PYTEST_SUMMARY; $GPU_RESULT"
+LINE="$(date -u +%Y-%m-%dT%H:%MZ) PASS: torch $TORCH_VERSION (CUDA $TORCH_CUDA), nvcc $NVCC_VERSION, sm $ARCHS_CSV; built, imported, CUDA kernels registered for all 6 elementwise ops and accumulate_directions_; CPU tests on that build: $PYTEST_SUMMARY; $GPU_RESULT"
 echo "$LINE" > "$RESULT"
 log "result (also in ${RESULT#"$ROOT"/})"
 echo "$LINE"

@@ -68,9 +68,9 @@ TZ_HOST_DEVICE TZ_INLINE void philox_round(uint32_t& x0, uint32_t& x1, uint32_t&
 // Philox4x32-10: the counter (x0, x1, x2, x3) is replaced by its 128 random bits.
 TZ_HOST_DEVICE TZ_INLINE void philox4x32_10(uint32_t& x0, uint32_t& x1, uint32_t& x2,
                                             uint32_t& x3, uint32_t k0, uint32_t k1) {
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
 #pragma unroll
-#else
+#elif defined(__GNUC__) && !defined(__CUDACC__)
 #pragma GCC unroll 10
 #endif
   for (int r = 0; r < kPhiloxRounds; ++r) {
