@@ -270,13 +270,28 @@ void directions_loop(const DirectionsCall& c, const DirectionPiece* pcs, int64_t
       const int64_t len = t1 - g;
       const TileBlocks tb = tile_blocks(g, t1, per_block);
       const int64_t lo = g - tb.b0 * per_block;  // g's index in the tile buffers
+      T* __restrict o = out + (g - begin);
+      if (c.count == 1 && c.dist != rng::kRademacher) {
+        // one direction: its values straight into the output (the same operations as below)
+        direction_tile(c.dist, key, c.samples[0], tb.b0, tb.nb, words, zbuf);
+        const C w = static_cast<C>(c.weights[0]);
+        const float* __restrict z = zbuf + lo;
+        if (ACC) {
+          for (int64_t e = 0; e < len; ++e) {
+            o[e] = store<T>(load(o[e]) + w * static_cast<C>(z[e]));
+          }
+        } else {
+          for (int64_t e = 0; e < len; ++e) o[e] = store<T>(w * static_cast<C>(z[e]));
+        }
+        g = t1;
+        continue;
+      }
       if (c.dist == rng::kRademacher) {
         directions_sum_rademacher<C>(c, key, tb, lo, lo + len, words, accbuf);
       } else {
         directions_sum_generic<C>(c, key, tb, lo, lo + len, words, zbuf, accbuf);
       }
       const C* __restrict acc = accbuf + lo;
-      T* __restrict o = out + (g - begin);
       if (ACC) {
         for (int64_t e = 0; e < len; ++e) o[e] = store<T>(load(o[e]) + acc[e]);
       } else {

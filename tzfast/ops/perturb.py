@@ -193,7 +193,7 @@ def _f32_to_bits(f: Tensor) -> Tensor:
 
 
 def _odd24(x: Tensor) -> Tensor:
-    return ((x >> 9) << 1) | 1
+    return (x >> 8) | 1  # == ((x >> 9) << 1) | 1
 
 
 def _log_odd24(v: Tensor) -> Tensor:

@@ -105,7 +105,7 @@ TZ_HOST_DEVICE TZ_INLINE float sqrt_rn(float x) {
 // likely).
 // ---------------------------------------------------------------------------------------
 TZ_HOST_DEVICE TZ_INLINE int32_t odd24(uint32_t x) {
-  return static_cast<int32_t>(((x >> 9) << 1) | 1u);
+  return static_cast<int32_t>((x >> 8) | 1u);  // == ((x >> 9) << 1) | 1
 }
 
 // ---------------------------------------------------------------------------------------
@@ -162,11 +162,11 @@ TZ_HOST_DEVICE TZ_INLINE void sincos_odd24(int32_t v, float& sin_out, float& cos
   const float sr = f * (kSinS1 + z * (kSinS3 + z * (kSinS5 + z * kSinS7)));
   const float cr = 1.0f + z * (kCosC2 + z * (kCosC4 + z * (kCosC6 + z * kCosC8)));
   // quarter turns: (sin, cos) of q*pi/2 + a is (s, c), (c, -s), (-s, -c), (-c, s) for q = 0..3
-  const uint32_t swap = static_cast<uint32_t>(q) & 1u;
-  const uint32_t neg_sin = (static_cast<uint32_t>(q) & 2u) << 30;       // q = 2, 3
-  const uint32_t neg_cos = (static_cast<uint32_t>(q + 1) & 2u) << 30;   // q = 1, 2
-  const uint32_t sb = swap != 0u ? float_as_u32(cr) : float_as_u32(sr);
-  const uint32_t cb = swap != 0u ? float_as_u32(sr) : float_as_u32(cr);
+  const bool swap = static_cast<int32_t>(static_cast<uint32_t>(q) << 31) < 0;  // q = 1, 3
+  const uint32_t neg_sin = (static_cast<uint32_t>(q) << 30) & 0x80000000u;      // q = 2, 3
+  const uint32_t neg_cos = (static_cast<uint32_t>(q + 1) << 30) & 0x80000000u;  // q = 1, 2
+  const uint32_t sb = swap ? float_as_u32(cr) : float_as_u32(sr);
+  const uint32_t cb = swap ? float_as_u32(sr) : float_as_u32(cr);
   sin_out = u32_as_float(sb ^ neg_sin);
   cos_out = u32_as_float(cb ^ neg_cos);
 }
