@@ -437,6 +437,26 @@ def test_fused_equals_unfused(name: str, tail: str) -> None:
     torch.testing.assert_close(fused, unfused, rtol=1e-9, atol=1e-10)
 
 
+def _run_groups(fuse: bool, tail: list[Any]) -> torch.Tensor:
+    """Two param groups with their own ``h`` and ``lr``, float64."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    groups = [{"params": [a], "h": 1e-3, "lr": 0.01}, {"params": [b], "h": 3e-2, "lr": 0.02}]
+    opt = tz.Optimizer(groups, tz.m.RandomizedFDM(n_samples=3, formula="forward3", seed=9, fuse=fuse), *tail)
+    closure = _closure(opt, [a, b], lambda v: (v**2 * torch.linspace(0.5, 1.5, 19, dtype=v.dtype)).sum())
+    for _ in range(4):
+        opt.step(closure)
+    return _flat([a.detach(), b.detach()])
+
+
+@pytest.mark.parametrize("tail", [lambda: [tz.m.LR(1.0)], lambda: [tz.m.Debias(0.9, 0.999), tz.m.LR(1.0)]],
+                         ids=["lr", "debias_lr"])
+def test_fused_equals_unfused_with_per_group_h_and_lr(tail: Callable[[], list[Any]]) -> None:
+    fused, unfused = _run_groups(True, tail()), _run_groups(False, tail())
+    torch.testing.assert_close(fused, unfused, rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("target", ["closure", "grad", "update"])
 def test_fused_step_leaves_grad_unset_and_unfused_sets_it(target: str) -> None:
     for fuse in (True, False):

@@ -27,10 +27,17 @@ _MASK = (1 << 64) - 1
 _GAUSSIAN = 0
 
 
-def _perturb() -> Any:
-    from ...ops import perturb
+_ENGINE: Any = None
 
-    return perturb
+
+def _perturb() -> Any:
+    """``tzfast.ops.perturb`` (imported on first use)."""
+    global _ENGINE
+    if _ENGINE is None:
+        from ...ops import perturb
+
+        _ENGINE = perturb
+    return _ENGINE
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -135,6 +142,22 @@ class Segment:
         self.index = list(index)  # positions of the parameters in the layout's list
 
 
+def segments_of(module: Module, layout: Layout) -> list[Segment]:
+    """The segments (runs of equal settings inside each bucket) of ``module`` over ``layout``, cached
+    as long as the runs are."""
+    runs = [module._runs(layout, b) for b in layout.buckets]
+    cached = module.__dict__.get("_segments_cache")
+    if cached is not None and cached[0] == layout.token and all(a is b for a, b in zip(cached[1], runs, strict=True)):
+        return cached[2]
+    segments = []
+    for b, bruns in zip(layout.buckets, runs, strict=True):
+        for ri, run in enumerate(bruns):
+            segments.append(Segment(b.params[run.pstart:run.pend], b.global_offsets[run.pstart:run.pend],
+                                    run.settings, b.index, ri, b.param_idx[run.pstart:run.pend]))
+    module.__dict__["_segments_cache"] = (layout.token, runs, segments)
+    return segments
+
+
 class DirectionSet:
     """``n`` seeded directions over the parameters of ``layout``, split into segments.
 
@@ -155,12 +178,7 @@ class DirectionSet:
         self.distribution = distribution
         self.numel = layout.numel
         self.code = _GAUSSIAN if distribution == "sphere" else _perturb().distribution_code(distribution)
-        self.segments: list[Segment] = []
-        for b in layout.buckets:
-            for ri, run in enumerate(module._runs(layout, b)):
-                idx = b.param_idx[run.pstart:run.pend]
-                self.segments.append(Segment(b.params[run.pstart:run.pend], b.global_offsets[run.pstart:run.pend],
-                                             run.settings, b.index, ri, idx))
+        self.segments = segments_of(module, layout)
         self._sq_norms: dict[int, float] = {} if sq_norms is None else sq_norms
 
     def sq_norm_z(self, k: int) -> float:

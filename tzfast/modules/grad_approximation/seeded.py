@@ -134,7 +134,10 @@ class SeededEstimator(GradApproximator):
         for m in tail:
             m._tick()  # type: ignore[attr-defined]
         scales = tail_scales(self, layout, tail)  # after the ticks: a step-dependent multiplier (Debias)
-        with torch.no_grad():
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                _, loss, loss_approx = self._estimate(closure, objective.params, objective.loss, layout, scales)
+        else:
             _, loss, loss_approx = self._estimate(closure, objective.params, objective.loss, layout, scales)
         if loss_approx is not None:
             objective.loss_approx = loss_approx
@@ -176,14 +179,16 @@ class SeededEstimator(GradApproximator):
                 if formula.uses_f0 and f0 is None:
                     walk.flush()
                     f0 = closure(False)
-                values: dict[int, Any] = {0: f0}
-                for pos, m in zip(formula.points, moves, strict=False):
+                values: dict[int, float] = {0: 0.0 if f0 is None else scalar(f0)}
+                for i, (pos, m) in enumerate(zip(formula.points, moves, strict=False)):
                     walk.move(k, m)
                     walk.flush()
-                    values[pos] = closure(False)
+                    v = closure(False)
+                    if i == 0:
+                        loss_approx = v if formula.central else f0
+                    values[pos] = scalar(v)  # per-sample (vector) values averaged first: the quotient is linear
                 walk.move(k, moves[-1])
-                quotients.append(scalar(numerator(formula, values)) / formula.den)
-                loss_approx = values[formula.points[0]] if formula.central else f0
+                quotients.append(numerator(formula, values) / formula.den)
         except BaseException:
             walk.undo()
             raise
