@@ -156,6 +156,19 @@ class GradientSampling(Reformulation):
             draws their key from torch's default generator (so ``torch.manual_seed`` reproduces a
             run). Defaults to None.
 
+    Note:
+        Differences from torchzero 0.4.4, all where torchzero's behaviour is a defect:
+
+        * without ``modules`` and with ``include_x0`` the value at ``x`` is the original
+          function's (torchzero recurses into the modified closure until RecursionError);
+        * ``'min-value'`` with gradients returns the gradient of the least-value point
+          (torchzero clamps the value first, so the gradient is never replaced);
+        * the aggregate owns its tensors: the loss and gradient cached at ``x`` are not summed
+          into in place, so ``optimizer.step`` returns ``f(x)`` and ``'grad-norm'`` compares
+          against the true gradient at ``x``;
+        * when a module in ``modules`` evaluates the modified closure away from ``x`` (a line
+          search), the ``include_x0`` term is evaluated there, not taken from the cache at ``x``.
+
     References:
         Mobahi, H., Fisher III, J. W. (2015). A Theoretical Analysis of Optimization by Gaussian
         Continuation. AAAI. Burke, J. V., Lewis, A. S., Overton, M. L. (2005). A Robust Gradient
@@ -210,6 +223,17 @@ class GradientSampling(Reformulation):
         """A new engine key: mixed from ``(seed, step, draw)`` when ``seed`` is set, else drawn from torch's
         default generator (the convention of the gradient approximators)."""
         return next_key(self, self.defaults["seed"], objective.current_step)
+
+    def _directions(self, params: list[torch.Tensor], distribution: str, key: int) -> Directions:
+        """The directions of ``key`` (kept while the key and the parameters stay: sphere norms are computed once)."""
+        cached: Directions | None = self.__dict__.get("_cached_directions")
+        ids = [(id(p), p.shape, p.dtype, p.device) for p in params]
+        if cached is not None and cached.key == key and cached.distribution == distribution \
+                and self.__dict__.get("_cached_ids") == ids:
+            return cached
+        directions = Directions(params, distribution, key)
+        self.__dict__["_cached_directions"], self.__dict__["_cached_ids"] = directions, ids
+        return directions
 
     def _sigmas(self, params: Sequence[torch.Tensor]) -> list[float]:
         sigmas = []
@@ -267,7 +291,7 @@ class GradientSampling(Reformulation):
             key = self.global_state.get("key") if d["pre_generate"] else None
             if key is None:
                 key = self._draw_key(objective)
-            directions = Directions(params, d["distribution"], key)
+            directions = self._directions(params, d["distribution"], key)
             scale = _UNIFORM_SCALE if d["distribution"] == "uniform" else \
                 1 / math.sqrt(max(directions.numel, 1)) if d["distribution"] == "sphere" else 1.0
             alphas = [s * scale for s in sigmas]
