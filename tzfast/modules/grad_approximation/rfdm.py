@@ -30,7 +30,6 @@ ZO_NOTE = """Note:
         chain, the step is applied in the pass that moves the parameters back from the last
         direction; the estimate is then not materialised and ``p.grad`` is not set. Pass
         ``fuse=False`` for torchzero's behaviour (``p.grad`` holds the estimate).
-
 """
 
 
@@ -72,7 +71,8 @@ class RandomizedFDM(_FDEstimator):
     with central differences are SPSA, Gaussian ones RDSA, many Gaussian ones with forward
     differences Gaussian smoothing. Per-sample (vector) closure values are averaged.
 
-    {zo_note}    Args:
+    {zo_note}
+    Args:
         h: the finite-difference step (per parameter through param groups). Defaults to 1e-3.
         n_samples: number of random directions per estimate. Defaults to 1.
         formula: finite-difference formula: ``'central'`` (aliases ``'central2'``,
@@ -139,7 +139,8 @@ class SPSA(RandomizedFDM):
     """Simultaneous perturbation stochastic approximation: :class:`RandomizedFDM` with
     Rademacher directions and central differences (its defaults).
 
-    {zo_note}    Args:
+    {zo_note}
+    Args:
         h: the finite-difference step (per parameter). Defaults to 1e-3.
         n_samples: number of random directions per estimate. Defaults to 1.
         formula: finite-difference formula (see :class:`RandomizedFDM`). Defaults to ``'central'``.
@@ -163,7 +164,8 @@ class RDSA(RandomizedFDM):
     """Random-direction stochastic approximation: :class:`RandomizedFDM` with Gaussian
     directions and central differences.
 
-    {zo_note}    Args:
+    {zo_note}
+    Args:
         h: the finite-difference step (per parameter). Defaults to 1e-3.
         n_samples: number of random directions per estimate. Defaults to 1.
         formula: finite-difference formula (see :class:`RandomizedFDM`). Defaults to ``'central2'``.
@@ -196,7 +198,8 @@ class GaussianSmoothing(RandomizedFDM):
     ``g = (1/n) sum_k u_k (f(x + h u_k) - f(x)) / h``, the gradient of the smoothed function
     ``E f(x + h u)`` (Nesterov and Spokoiny).
 
-    {zo_note}    Args:
+    {zo_note}
+    Args:
         h: the smoothing radius and finite-difference step (per parameter). Defaults to 1e-2.
         n_samples: number of random directions per estimate. Defaults to 100.
         formula: finite-difference formula (see :class:`RandomizedFDM`). Defaults to ``'forward2'``.
@@ -234,7 +237,8 @@ class MeZO(_FDEstimator):
     run is reproducible without a seed. With central differences (the default) the estimate is
     ``(1/n) sum_i z_i (f(x + h z_i) - f(x - h z_i)) / 2h``.
 
-    {zo_note}    Args:
+    {zo_note}
+    Args:
         h: the finite-difference step (per parameter). Defaults to 1e-3.
         n_samples: number of random directions per estimate. Defaults to 1.
         formula: finite-difference formula (see :class:`RandomizedFDM`). Defaults to ``'central2'``.

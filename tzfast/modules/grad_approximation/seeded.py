@@ -68,7 +68,7 @@ class SeededEstimator(GradApproximator):
         self._layout_now: Layout | None = None
         self._key: int | None = None
         self._step = 0
-        self._sq: tuple[int, dict[int, float]] | None = None
+        self._sq: tuple[tuple[int, int], dict[int, float]] | None = None
 
     # ------------------------------------------------------------------ to override
     def _estimate(self, closure: Callable, params: list[torch.Tensor], loss: Any, layout: Layout,
@@ -98,8 +98,8 @@ class SeededEstimator(GradApproximator):
         return next_key(self, self._seed(), self._step)
 
     def _directions(self, layout: Layout, key: int, n: int, distribution: str) -> DirectionSet:
-        if self._sq is None or self._sq[0] != key:
-            self._sq = (key, {})
+        if self._sq is None or self._sq[0] != (key, layout.numel):
+            self._sq = ((key, layout.numel), {})
         return DirectionSet(self, layout, key, n, distribution, self._sq[1])
 
     def _layout_of_params(self, params: list[torch.Tensor]) -> Layout:
