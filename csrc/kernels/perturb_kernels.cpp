@@ -203,19 +203,22 @@ void directions_sum_generic(const DirectionsCall& c, rng::Key key, TileBlocks tb
 }
 
 // Rademacher: w_k z_k is +w_k or -w_k (exactly), chosen by one bit. The words of up to
-// kGroup directions are generated first; then, 32 elements (one word) at a time, the running
-// sums stay in registers while every direction of the group is added.
+// kGroup directions are generated first; then, kStep words (32 elements each) at a time, the
+// running sums stay in registers while every direction of the group adds its +w or -w (bit b
+// moved to the sign position selects: vpsllvd + vblendvps + vaddps per 8 elements).
 constexpr int64_t kGroup = 16;
 
 template <typename C>
 void directions_sum_rademacher(const DirectionsCall& c, rng::Key key, TileBlocks tb, int64_t lo,
                                int64_t hi, Words& words, C* __restrict acc) {
-  constexpr int64_t kWords = 4 * (kTile / 128);  // 32-element words in a tile
+  constexpr int64_t kWords = 4 * (kTile / 128);            // 32-element words in a tile
+  constexpr int64_t kStep = sizeof(C) == 4 ? 2 : 1;        // words per step: 8 ymm of sums
+  static_assert(kWords % kStep == 0, "whole steps in a tile");
   alignas(64) uint32_t bits[kGroup][kWords];
   C wpos[kGroup];
   C wneg[kGroup];
-  const int64_t m0 = lo / 32;
-  const int64_t m1 = (hi + 31) / 32;
+  const int64_t m0 = lo / 32 / kStep * kStep;
+  const int64_t m1 = ((hi + 31) / 32 + kStep - 1) / kStep * kStep;  // <= kWords
   for (int64_t k0 = 0; k0 < c.count; k0 += kGroup) {
     const int64_t kn = std::min(kGroup, c.count - k0);
     for (int64_t kk = 0; kk < kn; ++kk) {
@@ -226,29 +229,33 @@ void directions_sum_rademacher(const DirectionsCall& c, rng::Key key, TileBlocks
       wpos[kk] = static_cast<C>(c.weights[k0 + kk]);
       wneg[kk] = -wpos[kk];
     }
-    for (int64_t m = m0; m < m1; ++m) {
-      C sum[32];
+    for (int64_t m = m0; m < m1; m += kStep) {
+      C sum[32 * kStep];
       C* __restrict a = acc + 32 * m;
       int64_t kk = 0;
       if (k0 == 0) {  // sum = w_0 z_0
-        const uint32_t word = bits[0][m];
-        for (uint32_t b = 0; b < 32; ++b) {
-          sum[b] = static_cast<int32_t>(word << (31u - b)) < 0 ? wneg[0] : wpos[0];
+        for (int q = 0; q < kStep; ++q) {
+          const uint32_t word = bits[0][m + q];
+          for (uint32_t b = 0; b < 32; ++b) {
+            sum[32 * q + b] = static_cast<int32_t>(word << (31u - b)) < 0 ? wneg[0] : wpos[0];
+          }
         }
         kk = 1;
       } else {
-        for (int b = 0; b < 32; ++b) sum[b] = a[b];
+        for (int b = 0; b < 32 * kStep; ++b) sum[b] = a[b];
       }
       for (; kk < kn; ++kk) {
-        const uint32_t word = bits[kk][m];
         const C wp = wpos[kk];
         const C wn = wneg[kk];
-        // bit b of the word, moved to the sign position, picks -w (set) or +w (clear)
-        for (uint32_t b = 0; b < 32; ++b) {
-          sum[b] = sum[b] + (static_cast<int32_t>(word << (31u - b)) < 0 ? wn : wp);
+        for (int q = 0; q < kStep; ++q) {
+          const uint32_t word = bits[kk][m + q];
+          for (uint32_t b = 0; b < 32; ++b) {
+            sum[32 * q + b] =
+                sum[32 * q + b] + (static_cast<int32_t>(word << (31u - b)) < 0 ? wn : wp);
+          }
         }
       }
-      for (int b = 0; b < 32; ++b) a[b] = sum[b];
+      for (int b = 0; b < 32 * kStep; ++b) a[b] = sum[b];
     }
   }
 }
