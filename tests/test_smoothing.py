@@ -337,6 +337,47 @@ def test_sigma_target_float_is_a_fraction_of_finite_evaluations() -> None:
         assert gs.state[x]["sigma"] == pytest.approx(0.5 * factor)
 
 
+def test_value_strategy_sigma_state_matches_torchzero() -> None:
+    # n=1 with include_x0: no perturbed point is better, so sigma shrinks by sigma_nminus per closure call
+    sigmas = []
+    for lib in (tz, tzo):
+        x = X0.clone().requires_grad_()
+        gs = lib.m.GradientSampling([lib.m.LR(0.1)], n=1, sigma=0.8, sigma_strategy="value")
+        opt = lib.Optimizer([x], gs)
+        for _ in range(3):
+            opt.step(quartic_closure(x))
+        sigmas.append(gs.state[x]["sigma"])
+    assert sigmas[0] == pytest.approx(sigmas[1]) == pytest.approx(0.8 * (2 / 3) ** 3)
+
+
+def test_per_group_sigma_scales_each_parameters_perturbation() -> None:
+    a, b = torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)
+    points: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def closure(backward: bool = True) -> torch.Tensor:
+        points.append((a.detach().clone(), b.detach().clone()))
+        return (a ** 2).sum() + (b ** 2).sum()
+
+    gs = tz.m.GradientSampling(n=4, include_x0=False, distribution="rademacher", sigma=0.5, seed=0)
+    opt = tz.Optimizer([{"params": [a]}, {"params": [b], "sigma": 0.1}], gs, tz.m.LR(0.0))
+    opt.step(closure)
+    assert len(points) == 4
+    for pa, pb in points:
+        torch.testing.assert_close(pa.abs(), torch.full((3,), 0.5))
+        torch.testing.assert_close(pb.abs(), torch.full((2,), 0.1))
+
+
+def test_perturbations_are_kept_as_keys_not_tensors() -> None:
+    x = torch.zeros(1000, requires_grad=True)
+    gs = tz.m.GradientSampling(n=100, sigma=0.1)
+    opt = tz.Optimizer([x], gs, tz.m.LR(0.1))
+    opt.step(quartic_closure(x))
+    stored = [v for v in gs.global_state.values() if isinstance(v, torch.Tensor)]
+    stored += [v for st in gs.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+    assert stored == []  # torchzero keeps 99 parameter-sized perturbations here
+    assert isinstance(gs.global_state["key"], int)
+
+
 # --------------------------------------------------------------------------- GradientSampling: randomness
 def _recorded_points(**kwargs: Any) -> tuple[list[list[torch.Tensor]], Any]:
     """Points evaluated at each of 3 steps (closure called twice per step by a probing module)."""
