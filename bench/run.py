@@ -36,6 +36,7 @@ __all__ = ["REGISTRY", "main"]
 # benchmark id -> module; B2..B8 each add one line here
 REGISTRY: dict[str, str] = {
     "B1": "bench.b1_elementwise",
+    "B2": "bench.b2_zo_step",
 }
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
