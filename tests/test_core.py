@@ -810,3 +810,31 @@ def test_post_step_hook_sees_the_update_that_was_applied(chain: str) -> None:
         assert seen is not None, "objective.updates is None in the post-step hook"
         # before - after rounds to the parameters' ulp (|p| < 4 here): atol is a few of those
         torch.testing.assert_close(seen, before - flat(model.parameters()), rtol=1e-4, atol=5e-7)
+
+
+# ---------------------------------------------------------------------- step hooks and profiler
+def test_step_hooks_and_profiler_range_behave_as_in_torch_optim() -> None:
+    """tzfast's step skips torch's hook wrapper when nothing is registered, so check the wrapper's
+    behaviour is still there when something is: instance hooks, global hooks, the profiler range."""
+    x = torch.zeros(3, requires_grad=True)
+    x.grad = torch.ones(3)
+    opt = tz.Optimizer([x], tz.m.LR(0.1))
+    seen: list[str] = []
+    h1 = opt.register_step_pre_hook(lambda o, a, k: seen.append("pre"))
+    h2 = opt.register_step_post_hook(lambda o, a, k: seen.append("post"))
+    g1 = torch.optim.optimizer.register_optimizer_step_pre_hook(lambda o, a, k: seen.append("global-pre"))
+    try:
+        opt.step()
+    finally:
+        g1.remove()
+    assert seen == ["global-pre", "pre", "post"]
+    h1.remove()
+    h2.remove()
+    seen.clear()
+    opt.step()
+    assert seen == []
+    assert torch.equal(x.detach(), torch.full((3,), -0.2))
+    with torch.profiler.profile() as prof:
+        opt.step()
+    assert any(e.name.startswith("Optimizer.step#") for e in prof.events())
+    assert torch.is_grad_enabled()
