@@ -822,7 +822,9 @@ def test_step_hooks_and_profiler_range_behave_as_in_torch_optim() -> None:
     seen: list[str] = []
     h1 = opt.register_step_pre_hook(lambda o, a, k: seen.append("pre"))
     h2 = opt.register_step_post_hook(lambda o, a, k: seen.append("post"))
-    g1 = torch.optim.optimizer.register_optimizer_step_pre_hook(lambda o, a, k: seen.append("global-pre"))
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    g1 = register_optimizer_step_pre_hook(lambda o, a, k: seen.append("global-pre"))
     try:
         opt.step()
     finally:
