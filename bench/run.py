@@ -37,6 +37,7 @@ __all__ = ["REGISTRY", "main"]
 REGISTRY: dict[str, str] = {
     "B1": "bench.b1_elementwise",
     "B2": "bench.b2_zo_step",
+    "B7": "bench.b7_zo_functions",
 }
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
