@@ -374,7 +374,9 @@ class Runner:
             for k in range(dirs.n):
                 for seg in dirs.segments:
                     outs = [scratch[pos[id(p)]] for p in seg.params]
-                    perturb.accumulate_directions_(outs, seg.offsets, dirs.key, [k], [dirs.sigma(k)], dirs.code, 1.0, False)
+                    perturb.accumulate_directions_(
+                        outs, seg.offsets, dirs.key, [k], [dirs.sigma(k)], dirs.code, 1.0, False
+                    )
                 yield scratch
             return
         if spec.family == "paper":
@@ -1109,8 +1111,8 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
                         problems.append(f"{case['label']} {r['variant']}: {r['timing_note']}")
                 else:
                     table.append(
-                        [case["label"], size_cell, r["variant"], _check_cell(r), "—", r.get("evals_per_step") or "—",
-                         "—", "—", "—", "—", r["status"]]
+                        [case["label"], size_cell, r["variant"], _check_cell(r), "—",
+                         r.get("evals_per_step") or "—", "—", "—", "—", "—", r["status"]]
                     )
                     problems.append(f"{case['label']} {r['variant']}: {r['status']}: {r['reason']}")
             if cl:

@@ -116,7 +116,7 @@ def problems(quick: bool) -> list[Problem]:
     full = [
         Problem("rosen2", "Rosenbrock n=2", rosenbrock, r, 1e-3, 1e-3, 0.1, 4000, 10),
         Problem("rosen100", "Rosenbrock n=100", rosenbrock, r * 50, 1e-5, 1e-3, 0.1, 6000, 10, peers=False),
-        Problem("rosen1000", "Rosenbrock n=1000", rosenbrock, r * 500, 2e-6, 1e-3, 0.1, 20000, 6, peers=False),
+        Problem("rosen1000", "Rosenbrock n=1000", rosenbrock, r * 500, 1e-6, 1e-3, 0.1, 20000, 6, peers=False),
         Problem("beale", "Beale (MGH 5)", beale, (1.0, 1.0), 1e-3, 1e-3, 0.03, 3000, 10),
         Problem("helical", "helical valley (MGH 7)", helical_valley, (-1.0, 0.0, 0.0), 1e-4, 1e-4, 0.01, 3000, 10),
         Problem("powell", "Powell singular (MGH 13)", powell_singular, (3.0, -1.0, 0.0, 1.0), 5e-4, 5e-4, 0.03, 3000,
@@ -219,13 +219,22 @@ def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     return max(0.0, min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2))))
 
 
-def _censored(runs: Sequence[dict[str, Any]], key: str, budget_key: str) -> list[float]:
-    """Steps/evaluations to target; runs that did not reach it count as one more than spent."""
-    return [float(r[key]) if r["reached"] else float(r[budget_key]) + 1 for r in runs]
+def _censored(runs: Sequence[dict[str, Any]], key: str) -> list[float]:
+    """Steps/evaluations to target; a run that did not reach it (budget spent or diverged)
+    counts as infinite: it ranks after every run that did."""
+    return [float(r[key]) if r["reached"] else math.inf for r in runs]
 
 
 def _median(xs: Sequence[float]) -> float | None:
-    return statistics.median(xs) if xs else None
+    """Median; None when it is a run that did not reach the target."""
+    if not xs:
+        return None
+    m = statistics.median(xs)
+    return None if math.isinf(m) or math.isnan(m) else m
+
+
+def _jsonable(xs: Sequence[float]) -> list[float | None]:
+    return [None if math.isinf(x) else x for x in xs]
 
 
 def run_targets(prob: Problem, tz_ok: bool) -> list[dict[str, Any]]:
@@ -238,27 +247,31 @@ def run_targets(prob: Problem, tz_ok: bool) -> list[dict[str, Any]]:
                 continue
             per_lib[lib] = [to_target(prob, lib, method, s) for s in range(seeds)]
         row: dict[str, Any] = {"problem": prob.key, "method": method, "seeds": seeds, "runs": per_lib}
+        censored: dict[str, list[float]] = {}
         for lib, runs in per_lib.items():
-            ev = _censored(runs, "evals", "evals_spent")
-            st = _censored(runs, "steps", "steps_spent")
+            ev = _censored(runs, "evals")
+            st = _censored(runs, "steps")
+            censored[lib] = st
+            done = [r for r in runs if r["reached"]]
             row[lib] = {
-                "reached": sum(r["reached"] for r in runs),
+                "reached": len(done),
                 "evals_med": _median(ev),
                 "steps_med": _median(st),
-                "evals_per_step": (ev[0] / st[0]) if runs and runs[0]["reached"] else None,
-                "evals": ev,
-                "steps": st,
+                "evals_per_step": (done[0]["evals"] / done[0]["steps"]) if done else None,
+                "evals": _jsonable(ev),
+                "steps": _jsonable(st),
+                "diverged": sum(1 for r in runs if not r["reached"] and r["evals_spent"] < prob.budget),
             }
         if "tzfast" in row and "torchzero" in row:
             a, b = row["tzfast"], row["torchzero"]
-            row["steps_ratio_med"] = a["steps_med"] / b["steps_med"] if b["steps_med"] else None
-            row["evals_ratio_med"] = a["evals_med"] / b["evals_med"] if b["evals_med"] else None
+            row["steps_ratio_med"] = a["steps_med"] / b["steps_med"] if a["steps_med"] and b["steps_med"] else None
+            row["evals_ratio_med"] = a["evals_med"] / b["evals_med"] if a["evals_med"] and b["evals_med"] else None
             if method == "FDM":
-                row["identical"] = a["steps"] == b["steps"]
+                row["identical"] = a["steps"] == b["steps"] and a["evals"] == b["evals"]
                 row["match"] = row["identical"]
                 row["p_steps"] = None
             else:
-                p = mann_whitney_p(a["steps"], b["steps"])
+                p = mann_whitney_p(censored["tzfast"], censored["torchzero"])
                 row["p_steps"] = p
                 row["match"] = p is not None and p >= MATCH_P
         log(
@@ -416,7 +429,7 @@ def run_peers(prob: Problem, seeds: int) -> list[dict[str, Any]]:
         except Exception as exc:  # noqa: BLE001
             out.append({"problem": prob.key, "peer": name, "status": "error", "reason": f"{type(exc).__name__}: {exc}"})
             continue
-        ev = _censored(runs, "evals", "evals_spent")
+        ev = _censored(runs, "evals")
         out.append({
             "problem": prob.key,
             "peer": name,
@@ -424,7 +437,7 @@ def run_peers(prob: Problem, seeds: int) -> list[dict[str, Any]]:
             "seeds": seeds,
             "reached": sum(r["reached"] for r in runs),
             "evals_med": _median(ev),
-            "evals": ev,
+            "evals": _jsonable(ev),
             "overhead_eval_med_us": _median([r["overhead_eval_us"] for r in runs]),
             "closure_us": closure_s * 1e6,
             "algorithm": runs[0].get("algorithm", "CMA-ES") if runs else None,
@@ -521,6 +534,10 @@ def bar_result(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def _fmt_med(x: float | None) -> str:
+    return "not reached" if x is None else f"{x:,.0f}"
+
+
 def _prob_name(res: dict[str, Any], key: str) -> str:
     return next((p["name"] for p in res["problems"] if p["key"] == key), key)
 
@@ -583,7 +600,10 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
             if lib is None:
                 cells += ["—", "—", "—"]
             else:
-                cells += [f"{lib['reached']}/{t['seeds']}", fmt_float(lib["steps_med"], 0), fmt_float(lib["evals_med"], 0)]
+                reached = f"{lib['reached']}/{t['seeds']}"
+                if lib.get("diverged"):
+                    reached += f" ({lib['diverged']} diverged)"
+                cells += [reached, _fmt_med(lib["steps_med"]), _fmt_med(lib["evals_med"])]
         cells.append(fmt_ratio(t.get("evals_ratio_med")))
         if t["method"] == "FDM":
             cells.append("identical" if t.get("identical") else ("DIFFERENT" if "identical" in t else "—"))
@@ -600,10 +620,12 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
         prow = []
         for p in res["peers"]:
             if p["status"] != "ok":
-                prow.append([_prob_name(res, p["problem"]), p["peer"], "—", "—", "—", p["status"] + ": " + p["reason"]])
+                prow.append([_prob_name(res, p["problem"]), p["peer"], "—", "—", "—",
+                             p["status"] + ": " + p["reason"]])
                 continue
-            prow.append([_prob_name(res, p["problem"]), f"{p['peer']} ({p['algorithm']})", f"{p['reached']}/{p['seeds']}",
-                         fmt_float(p["evals_med"], 0), fmt_float(p["overhead_eval_med_us"], 1), ""])
+            prow.append([_prob_name(res, p["problem"]), f"{p['peer']} ({p['algorithm']})",
+                         f"{p['reached']}/{p['seeds']}", _fmt_med(p["evals_med"]),
+                         fmt_float(p["overhead_eval_med_us"], 1), ""])
         out += ["Other peers (their own algorithms and defaults, CMA-ES sigma0 = "
                 f"{CMA_SIGMA0}; target counted at the first evaluated point under it; overhead = (run time - "
                 "evaluations x closure time) / evaluations):", "",
@@ -612,7 +634,8 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
 
     for run_ in runs:
         r = run_.get("result")
-        out += [f"### Overhead per evaluation, {run_['threads']} thread(s)", "", common.machine_line(run_["machine"]), ""]
+        out += [f"### Overhead per evaluation, {run_['threads']} thread(s)", "", common.machine_line(run_["machine"]),
+                ""]
         if not r:
             out += [f"Worker failed: {run_.get('error', 'unknown error')}", ""]
             continue
@@ -677,10 +700,9 @@ def plot(runs: Sequence[dict[str, Any]], out_dir: Any, plt: Any) -> list[str]:
     if rows:
         fig, ax = plt.subplots(figsize=(9, 0.6 + 0.35 * len(rows)))
         for yi, t in enumerate(rows):
-            ax.scatter(t["tzfast"]["evals"], [yi - 0.15] * len(t["tzfast"]["evals"]), s=10, color="tab:blue",
-                       label="tzfast" if yi == 0 else None)
-            ax.scatter(t["torchzero"]["evals"], [yi + 0.15] * len(t["torchzero"]["evals"]), s=10, color="tab:orange",
-                       label="torchzero" if yi == 0 else None)
+            for lib, dy, color in (("tzfast", -0.15, "tab:blue"), ("torchzero", 0.15, "tab:orange")):
+                xs = [e for e in t[lib]["evals"] if e is not None]
+                ax.scatter(xs, [yi + dy] * len(xs), s=10, color=color, label=lib if yi == 0 else None)
         ax.set_yticks(range(len(rows)), [f"{t['problem']} {t['method']}" for t in rows], fontsize=7)
         ax.invert_yaxis()
         ax.set_xscale("log")

@@ -115,3 +115,110 @@ def test_quick_run_reports_checked_tzfast_rows(quick_run: tuple[Any, Path]) -> N
         if r["role"] == "peer" and r["status"] == "ok":
             assert r["check"]["against"] == "tzfast"
             assert r["speedup_med"] is not None and r["speedup_med"] > 0
+
+
+# --------------------------------------------------------------------------- B2 / B7 (zeroth-order)
+
+
+def _bench_results(out: Path, bid: str) -> list[tuple[int, dict[str, Any]]]:
+    data = json.loads((out / "results.json").read_text())
+    return [(run["threads"], run["benchmarks"][bid]) for run in data["runs"]]
+
+
+def test_quick_run_b2_zo_step(quick_run: tuple[Any, Path]) -> None:
+    """B2 --quick: report, JSON fields, checks passed, memory/drift rows and the bars table."""
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "B2.md").is_file()
+    md = (out / "B2.md").read_text()
+    assert "B2 ZO step" in md and "Machine:" in md and "### Bars (issue 3)" in md
+    tz_ok = _tzfast_core_importable()
+    results = _bench_results(out, "B2")
+    assert sorted(t for t, _ in results) == [1, 2]
+    for threads, b2 in results:
+        assert b2["check"]["rtol"] <= 1e-4
+        kinds = [c["kind"] for c in b2["cases"]]
+        assert kinds.count("step") == 4 and "engine" in kinds and "memory" in kinds
+        for case in b2["cases"]:
+            if case["kind"] == "step":
+                assert {(case["dist"], case["n"])} <= {("gaussian", 1), ("rademacher", 1), ("gaussian", 16),
+                                                       ("rademacher", 16)}
+                assert case["closure"]["t_med_us"] > 0
+                keys = {r["key"] for r in case["rows"]}
+                assert {"paper", "tz-mezo", "tz-spsa"} <= keys
+                for r in case["rows"]:
+                    if r["role"] == "tzfast" and not tz_ok:
+                        assert r["status"] == "unavailable"
+                        continue
+                    assert r["status"] == "ok", (threads, case["label"], r["variant"], r["status"], r["reason"])
+                    assert r["check"]["passed"] is True and r["check"]["steps_checked"] == 1
+                    assert r["ns_param_med"] is not None and r["t_med_us"] > 0
+                    central = r["method"] != "GaussianSmoothing"
+                    if r["role"] == "tzfast":
+                        assert r["fused"] is True  # MeZO/SPSA/GS + LR: update applied in the restore pass
+                        assert r["evals_per_step"] == (2 * r["n"] if central else r["n"] + 1)
+                    if r["role"] == "peer" and tz_ok:
+                        assert r["speedup_med"] is not None and r["speedup_med"] > 0
+            elif case["kind"] == "engine" and tz_ok:
+                rows = case["rows"]
+                assert {(r["dist"], r["n"]) for r in rows} == {("gaussian", 1), ("gaussian", 16), ("rademacher", 1),
+                                                              ("rademacher", 16)}
+                assert all(r["status"] == "ok" and r["ratio_vs_1_med"] > 0 for r in rows)
+            elif case["kind"] == "memory":
+                rows = [r for r in case["rows"] if r["role"] != "tzfast" or tz_ok]
+                assert rows and all(r["status"] == "ok" for r in rows), [r["reason"] for r in rows]
+                for r in rows:
+                    assert r["maxrss_after_kib"] >= r["maxrss_before_kib"] > 0
+                    assert r["extra_mb"] >= 0 and r["steps"] >= 2
+                    # lr = 0 steps: the parameters move back to within a few ulps
+                    assert 0 <= r["drift_max_abs"] <= 16 * 2.0**-23 * r["param_max_abs"] + 1e-12
+    if tz_ok:
+        if str(REPO_ROOT) not in sys.path:
+            sys.path.insert(0, str(REPO_ROOT))
+        from bench import b2_zo_step
+
+        runs = [{"threads": t, "machine": None, "result": b} for t, b in results]
+        bars = b2_zo_step.bar_results(runs)
+        assert len(bars) == 5 and all(isinstance(b["met"], bool) for b in bars)
+    data = json.loads((out / "results.json").read_text())
+    if data["plot_note"] == "":
+        assert {"B2_step.png", "B2_memory.png"} <= set(data["plots"])
+
+
+def test_quick_run_b7_zo_functions(quick_run: tuple[Any, Path]) -> None:
+    """B7 --quick: report, JSON fields, FDM trajectories identical, overhead rows, peers skipped cleanly."""
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "B7.md").is_file()
+    md = (out / "B7.md").read_text()
+    assert "B7 ZO on test functions" in md and "Machine:" in md and "### Evaluations to target" in md
+    tz_ok = _tzfast_core_importable()
+    results = _bench_results(out, "B7")
+    assert sorted(t for t, _ in results) == [1, 2]
+    for _, b7 in results:
+        probs = {p["key"] for p in b7["problems"]}
+        assert {"rosen2", "rosen100"} <= probs
+        assert {(t["problem"], t["method"]) for t in b7["targets"]} == {
+            (p, m) for p in probs for m in ("SPSA", "RDSA", "FDM")
+        }
+        for t in b7["targets"]:
+            assert t["torchzero"]["steps_med"] is not None
+            if tz_ok:
+                assert t["tzfast"]["steps_med"] is not None
+                if t["method"] == "FDM":
+                    assert t["identical"] is True, t  # deterministic: same trajectory as torchzero
+                else:
+                    assert t["p_steps"] is not None and 0 <= t["p_steps"] <= 1
+        for o in b7["overhead"]:
+            assert o["closure_med_us"] > 0 and o["torchzero"]["step_med_us"] > 0
+            if tz_ok:
+                assert o["tzfast"]["step_med_us"] > 0 and o["ratio_eval_med"] is not None
+                if o["method"] != "FDM":
+                    assert o["tzfast"]["evals_per_step"] == 2 and o["torchzero"]["evals_per_step"] == 3
+        for p in b7["peers"]:
+            assert p["status"] in ("ok", "unavailable"), p
+        for case in b7["cases"]:
+            assert all(r["status"] != "error" for r in case["rows"])
+    data = json.loads((out / "results.json").read_text())
+    if data["plot_note"] == "":
+        assert {"B7_overhead.png", "B7_targets.png"} <= set(data["plots"])
