@@ -62,7 +62,7 @@ PARAM_SCALE = 0.02
 SLICE = 256  # elements per closure slice
 SEED = 0
 MEM_STEPS = 2
-MEM_MAX_PARALLEL = 2  # forked memory children run two at a time (memory is not a timing)
+MEM_MAX_PARALLEL = 2  # forked memory children run at most two at a time
 GS_SAMPLES_MEM = 4  # torchzero GaussianSmoothing keeps n_samples model copies: 4 in the 50 M memory run
 ENGINE_DIRECTIONS = 16
 
@@ -845,7 +845,8 @@ def run_memory_case(ctx: Context, size: ModelSize, tiny: ModelSize, tz_ok: bool,
         "specs": [asdict(s) for s in specs],
         "threads": ctx.threads,
         "steps": MEM_STEPS,
-        "parallel": MEM_MAX_PARALLEL,
+        # children run side by side only when their threads leave cores free (memory is not a timing)
+        "parallel": max(1, min(MEM_MAX_PARALLEL, (os.cpu_count() or 1) // ctx.threads)),
     }
     log(f"B2 memory/drift: {len(specs)} forked children on {size.desc()}, {MEM_STEPS} lr=0 steps each")
     env = dict(os.environ)
