@@ -9,7 +9,9 @@
 // then the distribution turns the words into float32 values with the functions of
 // tzfast/random.h, in loops GCC vectorises as written (-ffp-contract=off keeps every value
 // bitwise identical to the scalar code and to CUDA), and the tile's weighted sum is
-// accumulated in the compute type. Only then is the output read and written, once.
+// accumulated in the compute type in an L1 buffer (Rademacher: straight from the bits, the sums
+// in registers). Only then is the output read and written, once. With one direction the
+// values go straight into the output.
 
 #include <algorithm>
 #include <cstdint>
