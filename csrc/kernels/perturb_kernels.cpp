@@ -74,8 +74,9 @@ void philox_tile(rng::Key key, uint32_t sample, uint64_t b0, int64_t nb, Words& 
   __m256i k0[rng::kPhiloxRounds];
   __m256i k1[rng::kPhiloxRounds];
   for (int r = 0; r < rng::kPhiloxRounds; ++r) {
-    k0[r] = _mm256_set1_epi32(static_cast<int>(key.k0 + static_cast<uint32_t>(r) * rng::kPhiloxW0));
-    k1[r] = _mm256_set1_epi32(static_cast<int>(key.k1 + static_cast<uint32_t>(r) * rng::kPhiloxW1));
+    const uint32_t r32 = static_cast<uint32_t>(r);
+    k0[r] = _mm256_set1_epi32(static_cast<int>(key.k0 + r32 * rng::kPhiloxW0));
+    k1[r] = _mm256_set1_epi32(static_cast<int>(key.k1 + r32 * rng::kPhiloxW1));
   }
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i c1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(b0 >> 32)));
@@ -83,7 +84,8 @@ void philox_tile(rng::Key key, uint32_t sample, uint64_t b0, int64_t nb, Words& 
   const __m256i c3 = _mm256_set1_epi32(static_cast<int>(rng::kDirectionStream));
   const uint32_t lo = static_cast<uint32_t>(b0);
   for (int64_t j = 0; j < nb; j += 8) {
-    __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(lo + static_cast<uint32_t>(j))), lane);
+    const uint32_t first = lo + static_cast<uint32_t>(j);  // no carry: the blocks share hi32
+    __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(first)), lane);
     __m256i x1 = c1;
     __m256i x2 = c2;
     __m256i x3 = c3;
