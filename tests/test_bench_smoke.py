@@ -212,7 +212,8 @@ def test_quick_run_b7_zo_functions(quick_run: tuple[Any, Path]) -> None:
         for o in b7["overhead"]:
             assert o["closure_med_us"] > 0 and o["torchzero"]["step_med_us"] > 0
             if tz_ok:
-                assert o["tzfast"]["step_med_us"] > 0 and o["ratio_eval_med"] is not None
+                # the ratio is None when closure-time subtraction leaves no measurable overhead (noise)
+                assert o["tzfast"]["step_med_us"] > 0 and "ratio_eval_med" in o
                 if o["method"] != "FDM":
                     assert o["tzfast"]["evals_per_step"] == 2 and o["torchzero"]["evals_per_step"] == 3
         for p in b7["peers"]:
