@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -350,7 +351,10 @@ _THREAD_SCRIPT = textwrap.dedent("""
 def test_same_trajectory_with_one_and_two_threads(tmp_path: Any) -> None:
     script = tmp_path / "threads.py"
     script.write_text(_THREAD_SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    # import the tzfast under test (this checkout), not whatever an installed site-packages holds
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])]))
     outs = [subprocess.run([sys.executable, str(script), str(n)], capture_output=True, text=True, env=env,
                            check=True, timeout=120).stdout.strip() for n in (1, 2)]
     assert outs[0] == outs[1] and len(outs[0].split()) == 3
