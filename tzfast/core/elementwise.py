@@ -32,6 +32,31 @@ __all__ = ["ElementwiseTransform", "ScaleTransform", "UNARY_AFFINE", "UNARY_ABS"
 UNARY_AFFINE, UNARY_ABS, UNARY_SIGN, UNARY_SQRT, UNARY_CLAMP = 0, 1, 2, 3, 4
 
 
+def tails_align(module: Module, layout: Layout, tail: Sequence[Module]) -> bool:
+    """Whether every tail multiplier resolves its settings over the same runs as ``module``
+    (False when a per-parameter override splits them differently)."""
+    for b in layout.buckets:
+        mine = [(r.pstart, r.pend) for r in module._runs(layout, b)]
+        for m in tail:
+            if not getattr(m, "_scale_uniform", False) and [(r.pstart, r.pend) for r in m._runs(layout, b)] != mine:
+                return False
+    return True
+
+
+def tail_scales(module: Module, layout: Layout, tail: Sequence[Module]) -> list[list[float]]:
+    """Per bucket, per run of ``module``: the product of the tail multipliers (runs aligned)."""
+    result = []
+    for b in layout.buckets:
+        runs = module._runs(layout, b)
+        scales = [1.0] * len(runs)
+        for m in tail:
+            theirs = runs if getattr(m, "_scale_uniform", False) else m._runs(layout, b)
+            for i, r in enumerate(theirs):
+                scales[i] *= m._scale_of(r.settings)  # type: ignore[attr-defined]
+        result.append(scales)
+    return result
+
+
 class _Flat:
     __slots__ = ("token", "buffers")
 
@@ -114,43 +139,19 @@ class ElementwiseTransform(TensorTransform):
                 scale = -scales[b.index][ri] if scales is not None else 1.0
                 self._kernel(run.take(bt), run.take(bp), state, run.take(bo), run.settings, scale, accumulate, ctx)
 
-    def _tails_align(self, layout: Layout, tail: Sequence[Module]) -> bool:
-        """Whether every tail multiplier resolves its settings over the same runs as this module."""
-        for b in layout.buckets:
-            mine = [(r.pstart, r.pend) for r in self._runs(layout, b)]
-            for m in tail:
-                if getattr(m, "_scale_uniform", False):
-                    continue
-                if [(r.pstart, r.pend) for r in m._runs(layout, b)] != mine:
-                    return False
-        return True
-
-    def _tail_scales(self, layout: Layout, tail: Sequence[Module]) -> list[list[float]]:
-        """Per bucket, per run of this module: the product of the tail multipliers."""
-        result = []
-        for b in layout.buckets:
-            runs = self._runs(layout, b)
-            scales = [1.0] * len(runs)
-            for m in tail:
-                theirs = runs if getattr(m, "_scale_uniform", False) else m._runs(layout, b)
-                for i, r in enumerate(theirs):
-                    scales[i] *= m._scale_of(r.settings)  # type: ignore[attr-defined]
-            result.append(scales)
-        return result
-
     def _fused_step(self, objective: Objective, tail: Sequence[Module]) -> bool:
         """Runs the rule and the tail multipliers as one kernel writing the parameters."""
         if self._target != "update" or self.children:
             return False
         layout = objective.layout
-        if layout is None or layout.params is not objective.params or not self._tails_align(layout, tail):
+        if layout is None or layout.params is not objective.params or not tails_align(self, layout, tail):
             return False
         tensors = objective.updates if objective.updates is not None else objective.get_grads()
         s0 = self._settings0(objective)
         ctx = self._begin(s0, True)
         for m in tail:
             m._tick()  # type: ignore[attr-defined]
-        self._execute(layout, tensors, objective.params, ctx, s0, self._tail_scales(layout, tail), True)
+        self._execute(layout, tensors, objective.params, ctx, s0, tail_scales(self, layout, tail), True)
         return True
 
     def step(self, objective: Objective) -> Objective:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...core.derivatives import DISTRIBUTIONS
+from ...core.elementwise import tail_scales, tails_align
 
 if TYPE_CHECKING:
     from ...core.layout import Layout
@@ -101,31 +102,6 @@ def next_key(module: Module, seed: int | torch.Generator | None, step: int) -> i
 
 
 # ----------------------------------------------------------------------------- tail multipliers
-def tails_align(module: Module, layout: Layout, tail: Sequence[Module]) -> bool:
-    """Whether every tail multiplier resolves its settings over the same runs as ``module``
-    (False when a per-parameter override splits them differently)."""
-    for b in layout.buckets:
-        mine = [(r.pstart, r.pend) for r in module._runs(layout, b)]
-        for m in tail:
-            if not getattr(m, "_scale_uniform", False) and [(r.pstart, r.pend) for r in m._runs(layout, b)] != mine:
-                return False
-    return True
-
-
-def tail_scales(module: Module, layout: Layout, tail: Sequence[Module]) -> list[list[float]]:
-    """Per bucket, per run of ``module``: the product of the tail multipliers (runs aligned)."""
-    result = []
-    for b in layout.buckets:
-        runs = module._runs(layout, b)
-        scales = [1.0] * len(runs)
-        for m in tail:
-            theirs = runs if getattr(m, "_scale_uniform", False) else m._runs(layout, b)
-            for i, r in enumerate(theirs):
-                scales[i] *= m._scale_of(r.settings)  # type: ignore[attr-defined]
-        result.append(scales)
-    return result
-
-
 # ----------------------------------------------------------------------------- directions
 class Segment:
     """A run of parameters that share their settings: one engine call."""
