@@ -1,7 +1,8 @@
 // The Python module tzfast._C. Importing it registers the native ops (the static
 // TORCH_LIBRARY registrations in csrc/ops/*.cpp, linked into the same library); the module
-// itself exposes build information and non-tensor helpers. Only pybind11 here: no torch
-// headers, so this translation unit compiles in a couple of seconds.
+// itself exposes build information, non-tensor helpers and the direct CPU calls
+// (csrc/direct_calls.cpp). Only pybind11 here: no torch headers, so this translation unit
+// compiles in a couple of seconds.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -10,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "direct_calls.h"
 #include "kernels/cpu_kernels.h"
 #include "tzfast/philox.h"
 
@@ -90,4 +92,5 @@ PYBIND11_MODULE(_C, m) {
       "simd_supported",
       [](const std::string& name) { return tzfast::cpu::simd_supported(name.c_str()); },
       "Whether this CPU can run the named SIMD level.");
+  tzfast::register_direct_calls(m);
 }

@@ -719,3 +719,32 @@ def test_modules_are_exported_like_torchzero() -> None:
                  "MeZO", "ForwardGradient", "SPSA1"]:
         assert hasattr(tz.m, name) and hasattr(tzo.m, name)
     assert tz.m.MeZO.__doc__ is not None and "fuse=False" in tz.m.MeZO.__doc__
+
+
+@pytest.mark.parametrize("pdtype,ldtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
+                                           (torch.float32, torch.float64), (torch.float64, torch.float32)])
+@pytest.mark.parametrize("formula", ["central", "forward", "central4", "forward5"])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_fdm_numpy_path_equals_tensor_path_bitwise(monkeypatch: pytest.MonkeyPatch, pdtype: torch.dtype,
+                                                   ldtype: torch.dtype, formula: str, per_sample: bool) -> None:
+    """The CPU fast path (NumPy scalar moves and quotients) gives the same bits as the 0-d tensor path,
+    for every dtype pairing of parameter and loss and for per-sample (vector) closure values."""
+    from tzfast.modules.grad_approximation import fdm
+
+    def run() -> torch.Tensor:
+        torch.manual_seed(0)
+        a = torch.randn(3, 4, dtype=pdtype).requires_grad_()
+        b = torch.randn(4, 3, dtype=pdtype).T.detach().requires_grad_()  # non-contiguous
+
+        def closure(backward: bool = True) -> torch.Tensor:
+            v = torch.cat([(a.exp() * 0.3).reshape(-1), torch.sin(b).reshape(-1) * 1.7]).to(ldtype)
+            return v if per_sample else v.sum()
+
+        grads, _, _ = tz.m.FDM(h=1e-2, formula=formula).approximate(closure, [a, b], None)
+        return torch.cat([g.reshape(-1).double() for g in grads] + [a.detach().reshape(-1).double(),
+                                                                       b.detach().reshape(-1).double()])
+
+    fast = run()
+    monkeypatch.setattr(fdm, "_NUMPY_DTYPES", ())
+    slow = run()
+    assert torch.equal(fast, slow)

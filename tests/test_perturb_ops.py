@@ -48,8 +48,14 @@ def native_acc() -> Callable[..., None]:
     return torch.ops.tzfast.accumulate_directions_.default  # type: ignore[no-any-return]
 
 
+def direct_acc() -> Callable[..., None]:
+    """tzfast._C's dispatcher-free binding of the CPU kernel (what the estimators call on the CPU)."""
+    return _native._C._accumulate_directions_cpu  # type: ignore[union-attr,no-any-return]
+
+
 IMPLS: dict[str, Callable[[], Callable[..., Any]]] = {
     "native": native_acc,
+    "direct": direct_acc,
     "reference": lambda: P.accumulate_directions_reference_,
 }
 
@@ -510,7 +516,7 @@ BAD_CALLS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", BAD_CALLS)
 def test_bad_accumulate_directions_call(case: str, impl: str) -> None:
-    if impl == "native" and (NO_EXT_REQUESTED or not _native.HAS_EXTENSION):
+    if impl in ("native", "direct") and (NO_EXT_REQUESTED or not _native.HAS_EXTENSION):
         pytest.skip("no native ops")
     changes, fragments = BAD_CALLS[case]
     _expect(IMPLS[impl](), _args(**changes), "tzfast::accumulate_directions_", *fragments)
@@ -562,3 +568,30 @@ def test_no_extension_env_gives_the_same_bits(tmp_path: Path) -> None:
         for a, b in zip(t, twin[dist], strict=True):
             assert_same_bits(a, b, f"dist {dist}")
         assert_same_bits(P.direction_sq_norm(-5, 9, dist, 5003), twin[("sq", dist)])
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("dist", DISTS.values(), ids=DISTS.keys())
+def test_direct_call_matches_op_bitwise_and_bumps_versions(dist: int, dtype: torch.dtype) -> None:
+    offsets = [7, 0, 1000, 5, 123456789, 2**34 - 5, 3, 2**39 - 70]
+    got = _tensors(SHAPES, dtype, seed=2)
+    want = _tensors(SHAPES, dtype, seed=2)
+    versions = [t._version for t in got]
+    direct_acc()(got, offsets, 42, [3, 1], [0.25, -2.0], dist, 1.5, True)
+    native_acc()(want, offsets, 42, [3, 1], [0.25, -2.0], dist, 1.5, True)
+    for j, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert_same_bits(a, b, f"tensor {j}")
+        assert a._version > versions[j], f"tensor {j}: version counter not bumped"
+
+
+@needs_native
+def test_direct_call_rejects_a_non_cpu_tensor() -> None:
+    with pytest.raises(RuntimeError, match=r"expected out\[0\] to be a CPU tensor but got a tensor on meta"):
+        direct_acc()([torch.zeros(3, device="meta")], [0], 1, [0], [1.0], 0, 1.0, True)
+
+
+def test_accumulate_directions_for_picks_the_direct_call_on_cpu_only() -> None:
+    if _native.HAS_EXTENSION:
+        assert P.accumulate_directions_for(torch.device("cpu")) is direct_acc()
+    assert P.accumulate_directions_for(torch.device("meta")) is not getattr(_native._C, "_accumulate_directions_cpu", 0)

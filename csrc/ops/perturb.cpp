@@ -240,6 +240,19 @@ at::Tensor direction_sq_norm(int64_t seed, int64_t sample, int64_t dist, int64_t
 
 }  // namespace
 
+void accumulate_directions_cpu_direct(at::TensorList out, at::IntArrayRef offsets, int64_t seed,
+                                      at::IntArrayRef samples, at::ArrayRef<double> coeffs,
+                                      int64_t dist, double out_scale, bool accumulate) {
+  // prepare_directions checks that every out[j] is on out[0]'s device
+  TORCH_CHECK(out.empty() || !out[0].defined() || out[0].device().is_cpu(),
+              "tzfast::accumulate_directions_ (direct CPU call): expected out[0] to be a CPU tensor "
+              "but got a tensor on ", out.empty() || !out[0].defined() ? std::string() : out[0].device().str());
+  accumulate_directions_cpu(out, offsets, seed, samples, coeffs, dist, out_scale, accumulate);
+  // what the dispatcher's ADInplaceOrView kernel does for an in-place op: autograd then
+  // notices that a tensor saved for backward was changed
+  for (const at::Tensor& o : out) o.unsafeGetTensorImpl()->bump_version();
+}
+
 TORCH_LIBRARY_FRAGMENT(tzfast, m) {
   m.def(
       "accumulate_directions_(Tensor(a!)[] out, int[] offsets, int seed, int[] samples, "

@@ -50,6 +50,14 @@ PreparedDirections prepare_directions(const char* op, at::TensorList out, at::In
 // The checks of direction_sq_norm's scalars (distribution code, sample, numel >= 0).
 void check_sq_norm_args(const char* op, int64_t sample, int64_t dist, int64_t numel);
 
+// The CPU kernel of accumulate_directions_ called without the dispatcher (the same checks,
+// kernels and results; every out[j] must be a CPU tensor; version counters bumped as the
+// dispatcher would). For tzfast._C's direct calls, where the dispatcher's ~3 us per call is
+// most of the cost of a step on a small problem.
+void accumulate_directions_cpu_direct(at::TensorList out, at::IntArrayRef offsets, int64_t seed,
+                                      at::IntArrayRef samples, at::ArrayRef<double> coeffs,
+                                      int64_t dist, double out_scale, bool accumulate);
+
 // "0 (gaussian, normal), 1 (rademacher), 2 (uniform), 3 (sphere)", for error messages.
 const char* distribution_codes_text();
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .layout import Bucket, Layout
+from .settings import versions
 from .transform import TensorTransform
 
 if TYPE_CHECKING:
@@ -34,7 +35,18 @@ UNARY_AFFINE, UNARY_ABS, UNARY_SIGN, UNARY_SQRT, UNARY_CLAMP = 0, 1, 2, 3, 4
 
 def tails_align(module: Module, layout: Layout, tail: Sequence[Module]) -> bool:
     """Whether every tail multiplier resolves its settings over the same runs as ``module``
-    (False when a per-parameter override splits them differently)."""
+    (False when a per-parameter override splits them differently). Cached per layout and
+    settings version (runs only change with those)."""
+    ckey = (layout.token, versions()[1], tuple(map(id, tail)))
+    cached = module.__dict__.get("_tails_align_cache")
+    if cached is not None and cached[0] == ckey:
+        return cached[1]
+    ok = _tails_align(module, layout, tail)
+    module.__dict__["_tails_align_cache"] = (ckey, ok)
+    return ok
+
+
+def _tails_align(module: Module, layout: Layout, tail: Sequence[Module]) -> bool:
     for b in layout.buckets:
         mine = [(r.pstart, r.pend) for r in module._runs(layout, b)]
         for m in tail:

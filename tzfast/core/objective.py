@@ -225,14 +225,14 @@ class Objective(DerivativesMixin):
         temp, self.temp = self.temp, None
         return temp
 
-    @torch.no_grad()
     def update_parameters(self) -> None:
         """Subtracts the update from the parameters (unless ``skip_update`` or already applied)."""
         if self.skip_update or self._applied:
             return
         updates = self.get_updates()
         if updates:
-            torch._foreach_sub_(self.params, updates)
+            with torch.no_grad():
+                torch._foreach_sub_(self.params, updates)
 
     def apply_post_step_hooks(self, modules: Sequence[Module]) -> None:
         """Runs hooks added by modules; called after the parameters were updated."""

@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .._native import HAS_EXTENSION
+from .._native import HAS_EXTENSION, _C
 
 __all__ = [
     "DISTRIBUTIONS",
     "accumulate_directions_",
+    "accumulate_directions_for",
     "accumulate_directions_reference_",
     "direction_sq_norm",
     "direction_sq_norm_reference",
@@ -364,6 +365,22 @@ def accumulate_directions_(out: Sequence[Tensor], offsets: Sequence[int], seed: 
     ``accumulate_directions_(params, offsets, seed, [k], [h], dist, 1.0, True)``.
     """
     _accumulate(out, offsets, seed, samples, coeffs, dist, out_scale, accumulate)
+
+
+_direct_accumulate: Callable[..., None] | None = getattr(_C, "_accumulate_directions_cpu", None)
+
+
+def accumulate_directions_for(device: torch.device) -> Callable[..., None]:
+    """The cheapest entry to :func:`accumulate_directions_` for tensors on ``device``.
+
+    On the CPU, outside ``torch.compile`` tracing, that is ``tzfast._C``'s direct binding of the
+    same kernel (no dispatcher: ~1 us a call instead of ~4 us; the same checks and bits, and
+    the tensors' version counters bumped like an in-place op's); otherwise the registered op.
+    Callers resolve it once per step, not once per call.
+    """
+    if _direct_accumulate is not None and device.type == "cpu" and not torch.compiler.is_compiling():
+        return _direct_accumulate
+    return _accumulate
 
 
 def direction_sq_norm(seed: int, sample: int, dist: int, numel: int) -> Tensor:

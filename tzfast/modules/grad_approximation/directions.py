@@ -106,7 +106,7 @@ def next_key(module: Module, seed: int | torch.Generator | None, step: int) -> i
 class Segment:
     """A run of parameters that share their settings: one engine call."""
 
-    __slots__ = ("params", "offsets", "settings", "index", "bucket", "run")
+    __slots__ = ("params", "offsets", "settings", "index", "bucket", "run", "device")
 
     def __init__(self, params: Sequence[torch.Tensor], offsets: Sequence[int], settings: Mapping[str, Any],
                  bucket: int, run: int, index: Sequence[int]):
@@ -116,6 +116,7 @@ class Segment:
         self.bucket = bucket
         self.run = run
         self.index = list(index)  # positions of the parameters in the layout's list
+        self.device = self.params[0].device
 
 
 def segments_of(module: Module, layout: Layout) -> list[Segment]:
@@ -156,6 +157,9 @@ class DirectionSet:
         self.code = _GAUSSIAN if distribution == "sphere" else _perturb().distribution_code(distribution)
         self.segments = segments_of(module, layout)
         self._sq_norms: dict[int, float] = {} if sq_norms is None else sq_norms
+        # per segment, the cheapest entry to the engine (a direct call on the CPU)
+        calls_for = _perturb().accumulate_directions_for
+        self.calls = [calls_for(seg.device) for seg in self.segments]
 
     def sq_norm_z(self, k: int) -> float:
         """``||z_k||^2`` (before the sphere rescaling)."""
@@ -187,7 +191,6 @@ class DirectionSet:
 
         ``outs`` gives each segment's output tensors; None writes the parameters.
         """
-        acc = _perturb().accumulate_directions_
         for si, seg in enumerate(self.segments):
             cs = coeffs(seg)
             samples = [k for k, c in cs.items() if c != 0.0]
@@ -197,7 +200,8 @@ class DirectionSet:
                     for t in out:
                         t.zero_()
                 continue
-            acc(out, seg.offsets, self.key, samples, [float(cs[k]) for k in samples], self.code, 1.0, accumulate)
+            self.calls[si](out, seg.offsets, self.key, samples, [float(cs[k]) for k in samples], self.code, 1.0,
+                           accumulate)
 
     def outputs(self, tensors: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
         """``tensors`` (aligned with the layout's parameters) split by segment."""

@@ -8,6 +8,7 @@ in which the numerator is summed are torchzero 0.4.4's, so FDM reproduces its ro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 __all__ = ["FD_FORMULAS", "FD_Formula", "FDFormula", "fd_formula", "numerator"]
@@ -35,11 +36,11 @@ class FDFormula:
     den: float
     order: int
 
-    @property
+    @cached_property
     def uses_f0(self) -> bool:
         return any(pos == 0 for pos, _ in self.terms)
 
-    @property
+    @cached_property
     def moves(self) -> tuple[int, ...]:
         """Displacement changes: one before each evaluation, then the one that returns to ``x``."""
         out, cur = [], 0

@@ -169,6 +169,8 @@ class SeededEstimator(GradApproximator):
         the coefficient of ``z_k`` in the gradient for the quotient ``q = numerator / den``.
         Returns ``(grads or None, loss, loss_approx)``.
         """
+        if len(dirs.segments) == 1:
+            return self._fd_walk_one(closure, dirs, formula, f0, unit, gcoef, params, scales)
         n = dirs.n
         walk = Walk(dirs, unit)
         quotients: list[float] = []
@@ -201,6 +203,100 @@ class SeededEstimator(GradApproximator):
 
         walk.finish(lambda seg: {k: -scales[seg.bucket][seg.run] * gcoef(seg, k, q) * inv_n
                                  for k, q in enumerate(quotients)})
+        return None, _mean(f0), _mean(loss_approx)
+
+    def _fd_walk_one(self, closure: Callable, dirs: DirectionSet, formula: FDFormula, f0: Any,
+                     unit: Callable[[Segment, int], float], gcoef: Callable[[Segment, int, float], float],
+                     params: list[torch.Tensor], scales: list[list[float]] | None
+                     ) -> tuple[list[torch.Tensor] | None, Any, Any]:
+        """:meth:`_fd_walk` for parameters that form one segment (one bucket, one run of
+        settings: the usual case), without the per-segment bookkeeping of :class:`Walk`.
+
+        It makes the same engine calls as :meth:`_fd_walk` with the same samples and
+        coefficients in the same order (so the same bits); tests/test_grad_approximation.py
+        compares the two paths.
+        """
+        seg = dirs.segments[0]
+        call = dirs.calls[0]
+        tensors, offsets, key, code = seg.params, seg.offsets, dirs.key, dirs.code
+        n = dirs.n
+        points, moves, terms = formula.points, formula.moves, formula.terms
+        uses_f0, central, den = formula.uses_f0, formula.central, formula.den
+        applied: dict[int, float] = {}  # displacement (in units) applied along each direction
+        pend_k = -1  # the queued move back from the previous direction
+        pend_c = 0.0
+        pend_m = 0
+        quotients: list[float] = []
+        loss_approx: Any = None
+        try:
+            for k in range(n):
+                u = unit(seg, k)
+                if uses_f0 and f0 is None:
+                    if pend_k >= 0:
+                        call(tensors, offsets, key, [pend_k], [pend_c], code, 1.0, True)
+                        applied[pend_k] = applied.get(pend_k, 0) + pend_m
+                        pend_k = -1
+                    f0 = closure(False)
+                values: dict[int, float] = {0: 0.0 if f0 is None else scalar(f0)}
+                for i, pos in enumerate(points):
+                    m = moves[i]
+                    if pend_k >= 0:
+                        call(tensors, offsets, key, [pend_k, k], [pend_c, m * u], code, 1.0, True)
+                        applied[pend_k] = applied.get(pend_k, 0) + pend_m
+                        pend_k = -1
+                    else:
+                        call(tensors, offsets, key, [k], [m * u], code, 1.0, True)
+                    applied[k] = applied.get(k, 0) + m
+                    v = closure(False)
+                    if i == 0:
+                        loss_approx = v if central else f0
+                    values[pos] = scalar(v)
+                pend_k, pend_m = k, moves[-1]
+                pend_c = pend_m * u
+                acc: Any = None  # the numerator, summed as formulas.numerator does
+                for pos, w in terms:
+                    x = values[pos]
+                    if acc is None:
+                        acc = x if w == 1 else -x if w == -1 else w * x
+                    elif w == 1:
+                        acc = acc + x
+                    elif w == -1:
+                        acc = acc - x
+                    elif w > 0:
+                        acc = acc + w * x
+                    else:
+                        acc = acc - (-w) * x
+                quotients.append(acc / den)
+        except BaseException:
+            back = [(j, -m * unit(seg, j)) for j, m in applied.items() if m != 0]
+            if back:
+                call(tensors, offsets, key, [j for j, _ in back], [c for _, c in back], code, 1.0, True)
+            raise
+        inv_n = 1.0 / n
+
+        if scales is None:
+            if pend_k >= 0:
+                call(tensors, offsets, key, [pend_k], [pend_c], code, 1.0, True)
+            grads = [torch.empty(p.shape, dtype=p.dtype, device=p.device) for p in params]
+            cs = [gcoef(seg, k, q) * inv_n for k, q in enumerate(quotients)]
+            live = [k for k in range(n) if cs[k] != 0.0]
+            outs = [grads[i] for i in seg.index]
+            if live:
+                call(outs, offsets, key, live, [float(cs[k]) for k in live], code, 1.0, False)
+            else:
+                for t in outs:
+                    t.zero_()
+            return grads, _mean(f0), _mean(loss_approx)
+
+        # the move back from the last direction and -lr * g, in one pass (sample order as in
+        # Walk.finish: the queued move first, then the estimate's directions)
+        scale = scales[seg.bucket][seg.run]
+        cs_by_k: dict[int, float] = {pend_k: pend_c}
+        for k, q in enumerate(quotients):
+            cs_by_k[k] = cs_by_k.get(k, 0.0) + -scale * gcoef(seg, k, q) * inv_n
+        live = [k for k, c in cs_by_k.items() if c != 0.0]
+        if live:
+            call(tensors, offsets, key, live, [float(cs_by_k[k]) for k in live], code, 1.0, True)
         return None, _mean(f0), _mean(loss_approx)
 
     @staticmethod
