@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "direct_calls.h"
+#include "ops/lbfgs_common.h"
 #include "ops/perturb_common.h"
 
 namespace tzfast {
@@ -28,6 +29,24 @@ void register_direct_calls(pybind11::module_& m) {
                                               out_scale, accumulate);
       },
       "accumulate_directions_ on CPU tensors without the dispatcher (same kernel and checks).");
+  m.def(
+      "_lbfgs_pair_cpu",
+      [](const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+         const std::optional<at::Tensor>& prev, const at::Tensor& next,
+         const std::optional<at::Tensor>& pair) {
+        pybind11::gil_scoped_release no_gil;
+        return ops::lbfgs_pair_cpu(params, grads, prev, next, pair);
+      },
+      "lbfgs_pair_ on CPU tensors without the dispatcher.");
+  m.def(
+      "_lbfgs_direction_cpu",
+      [](const std::vector<at::Tensor>& out, const std::vector<at::Tensor>& x,
+         const at::Tensor& hist, const at::Tensor& gram, const std::vector<int64_t>& order,
+         int64_t new_slot, const std::vector<double>& sy) {
+        pybind11::gil_scoped_release no_gil;
+        return ops::lbfgs_direction_cpu(out, x, hist, gram, order, new_slot, sy);
+      },
+      "lbfgs_direction_ on CPU tensors without the dispatcher.");
 }
 
 }  // namespace tzfast

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cpu_kernels.h"
+#include "lbfgs_kernels.h"
 #include "perturb_kernels.h"
 
 namespace tzfast {
@@ -12,11 +13,13 @@ namespace cpu {
 namespace baseline {
 const KernelTable& table();
 const PerturbTable& perturb_table();
+const LbfgsTable& lbfgs_table();
 }
 #ifdef TZFAST_HAVE_AVX2
 namespace avx2 {
 const KernelTable& table();
 const PerturbTable& perturb_table();
+const LbfgsTable& lbfgs_table();
 }
 #endif
 
@@ -98,6 +101,19 @@ const PerturbTable* perturb_kernels_by_name(const char* name) {
 // The level kernels() chose (its name is one of the compiled levels).
 const PerturbTable& perturb_kernels() {
   static const PerturbTable& chosen = *perturb_kernels_by_name(kernels().name);
+  return chosen;
+}
+
+const LbfgsTable* lbfgs_kernels_by_name(const char* name) {
+  if (std::strcmp(name, "baseline") == 0) return &baseline::lbfgs_table();
+#ifdef TZFAST_HAVE_AVX2
+  if (std::strcmp(name, "avx2") == 0) return &avx2::lbfgs_table();
+#endif
+  return nullptr;
+}
+
+const LbfgsTable& lbfgs_kernels() {
+  static const LbfgsTable& chosen = *lbfgs_kernels_by_name(kernels().name);
   return chosen;
 }
 
