@@ -42,9 +42,9 @@ void register_direct_calls(pybind11::module_& m) {
       "_lbfgs_direction_cpu",
       [](const std::vector<at::Tensor>& out, const std::vector<at::Tensor>& x,
          const at::Tensor& hist, const at::Tensor& gram, const std::vector<int64_t>& order,
-         int64_t new_slot, const std::vector<double>& sy) {
+         int64_t new_slot, const std::vector<double>& sy, int64_t method) {
         pybind11::gil_scoped_release no_gil;
-        return ops::lbfgs_direction_cpu(out, x, hist, gram, order, new_slot, sy);
+        return ops::lbfgs_direction_cpu(out, x, hist, gram, order, new_slot, sy, method);
       },
       "lbfgs_direction_ on CPU tensors without the dispatcher.");
 }

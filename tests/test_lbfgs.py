@@ -384,3 +384,75 @@ def test_bad_history_size(bad: Any, err: type, msg: str) -> None:
 def test_bad_damping_lists_the_accepted_ones() -> None:
     with pytest.raises(ValueError, match="unknown `damping` 'pwell'.*'powell', 'double'"):
         tz.m.LBFGS(damping="pwell")
+
+
+# ---------------------------------------------------------------------- LSR1
+LSR1_CHAINS: dict[str, Callable[[Any], Sequence[Any]]] = {
+    "lr": lambda m: [m.LSR1(), m.LR(1e-3)],
+    "backtracking": lambda m: [m.LSR1(), m.Backtracking()],
+    "strong_wolfe": lambda m: [m.LSR1(5), m.StrongWolfe(c2=0.1, fallback=True)],
+    "scale_first": lambda m: [m.LSR1(3, scale_first=True), m.Backtracking()],
+    "powell": lambda m: [m.LSR1(3, damping="powell"), m.Backtracking()],
+    "ptol_restart": lambda m: [m.LSR1(4, ptol=1e-3, ptol_restart=True), m.Backtracking()],
+}
+
+
+@pytest.mark.parametrize("chain", LSR1_CHAINS)
+def test_lsr1_matches_torchzero_on_rosenbrock(chain: str) -> None:
+    if not (_has("Backtracking") and _has("StrongWolfe")):
+        pytest.skip(ISSUE4)
+    ours, our_calls = run_fn(tz, LSR1_CHAINS[chain], rosenbrock, X0, 40)
+    theirs, their_calls = run_fn(tzo, LSR1_CHAINS[chain], rosenbrock, X0, 40)
+    assert_traj_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert our_calls <= their_calls
+
+
+def _random_history(m: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[int], list[float]]:
+    g = torch.Generator().manual_seed(seed)
+    hist = torch.zeros(2 * (m + 1), n, dtype=torch.float64)
+    for t in range(m):
+        s = torch.randn(n, dtype=torch.float64, generator=g)
+        hist[2 * t], hist[2 * t + 1] = s, s * (torch.rand(n, dtype=torch.float64, generator=g) + 0.5)
+    order = list(range(m))
+    return hist, torch.zeros(2, m + 1, m + 1, dtype=torch.float64), order, [1.0] * m
+
+
+@pytest.mark.parametrize("impl", ["native", "reference"])
+@pytest.mark.parametrize("m", [1, 4, 9])
+def test_lsr1_compact_and_inner_product_forms_equal_the_vector_recursion(impl: str, m: int) -> None:
+    if impl == "native" and not _native.HAS_EXTENSION:
+        pytest.skip("the native extension did not load")
+    from tzfast.modules.quasi_newton.lbfgs import LSR1Operator
+
+    fn = L.lbfgs_direction_ if impl == "native" else L.lbfgs_direction_reference_
+    n = 400
+    hist, gram, order, sy = _random_history(m, n, seed=m)
+    # fill the Gram entries pair by pair, as the module does
+    for k in range(m):
+        fn([torch.empty(n, dtype=torch.float64)], [torch.zeros(n, dtype=torch.float64)], hist, gram, order[:k + 1],
+           order[k], sy[:k + 1], 0)
+    x = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    S = torch.stack([hist[2 * t] for t in order])
+    Y = torch.stack([hist[2 * t + 1] for t in order])
+    ref = LSR1Operator(S, Y).solve(x)
+    for method in (L.METHODS["lsr1"], L.METHODS["lsr1_compact"]):
+        out = torch.empty(n, dtype=torch.float64)
+        fn([out], [x], hist, gram, order, -1, sy, method)
+        err = ((out - ref).norm() / ref.norm()).item()
+        assert err < 1e-8, f"method {method}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("compact", [False, True])
+@pytest.mark.parametrize("name", ["rosenbrock", "beale", "wood"])
+def test_lsr1_converges_on_mgh_problems(name: str, compact: bool) -> None:
+    if not _has("StrongWolfe"):
+        pytest.skip(ISSUE4)
+    p = mgh.PROBLEMS[name]
+    xs, _ = run_fn(tz, lambda m: [m.LSR1(compact=compact), m.StrongWolfe(c2=0.1, fallback=True)], p.f, p.x0(), 200)
+    fmin = p.fmin if p.fmin is not None else 0.0
+    assert p.f(xs[-1]).item() - fmin < 1e-8 * max(1.0, p.f(p.x0()).item())
+
+
+def test_lsr1_bad_history_size() -> None:
+    with pytest.raises(ValueError, match="LSR1: `history_size` must be >= 1, got 0"):
+        tz.m.LSR1(history_size=0)

@@ -16,7 +16,7 @@ at::Tensor lbfgs_pair_cpu(at::TensorList params, at::TensorList grads,
 
 at::Tensor lbfgs_direction_cpu(at::TensorList out, at::TensorList x, const at::Tensor& hist,
                                const at::Tensor& gram, at::IntArrayRef order, int64_t new_slot,
-                               at::ArrayRef<double> sy);
+                               at::ArrayRef<double> sy, int64_t method);
 
 }  // namespace ops
 }  // namespace tzfast

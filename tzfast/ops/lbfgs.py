@@ -17,14 +17,14 @@ by the tests; :func:`two_loop_reference` is the textbook recursion the tests com
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from .._native import HAS_EXTENSION, _C
 
-__all__ = ["lbfgs_direction_", "lbfgs_direction_reference_", "lbfgs_pair_", "lbfgs_pair_reference_",
+__all__ = ["METHODS", "lbfgs_direction_", "lbfgs_direction_reference_", "lbfgs_pair_", "lbfgs_pair_reference_",
            "native_lbfgs_ok", "two_loop_reference"]
 
 _direct_pair = getattr(_C, "_lbfgs_pair_cpu", None)
@@ -76,44 +76,108 @@ def lbfgs_pair_(params: Sequence[Tensor], grads: Sequence[Tensor], prev: Tensor 
 
 
 # ----------------------------------------------------------------------------- direction
-def _coefficients(dots: list[list[float]], gram: Tensor, order: Sequence[int], new_slot: int,
-                  sy: Sequence[float]) -> tuple[float, list[float]]:
-    """The Gram update and the two-loop recursion on scalars (the native op's host code)."""
-    m = len(order)
+#: ``method`` codes of :func:`lbfgs_direction_`.
+METHODS = {"lbfgs": 0, "lsr1": 1, "lsr1_compact": 2}
+
+
+def _update_gram(dots: list[list[float]], gram: Tensor, order: Sequence[int], new_slot: int) -> None:
+    if new_slot < 0:
+        return
     SY, YY = gram[0], gram[1]
-    if new_slot >= 0:
-        t = new_slot
-        for i, o in enumerate(order):
-            SY[o, t] = dots[2 * i][2]
-            SY[t, o] = dots[2 * i + 1][1]
-            YY[o, t] = YY[t, o] = dots[2 * i + 1][2]
-    sy_m = SY.tolist()
-    yy_m = YY.tolist()
+    t = new_slot
+    for i, o in enumerate(order):
+        SY[o, t] = dots[2 * i][2]
+        SY[t, o] = dots[2 * i + 1][1]
+        YY[o, t] = YY[t, o] = dots[2 * i + 1][2]
+
+
+def _lbfgs_coefficients(Sx: list[float], Yx: list[float], sy_g: Callable[[int, int], float],
+                        yy_g: Callable[[int, int], float], sy: Sequence[float]) -> tuple[float, list[float]]:
+    m = len(Sx)
     alpha = [0.0] * m
     for i in range(m - 1, -1, -1):
-        sq = dots[2 * i][0]
+        sq = Sx[i]
         for j in range(i + 1, m):
-            sq -= alpha[j] * sy_m[order[i]][order[j]]
+            sq -= alpha[j] * sy_g(i, j)
         alpha[i] = sq / sy[i]
-    last = order[-1]
-    gamma = sy[-1] / yy_m[last][last]
+    gamma = sy[-1] / yy_g(m - 1, m - 1)
     c = [0.0] * m
     for i in range(m):
-        yq = dots[2 * i + 1][0]
+        yq = Yx[i]
         for j in range(m):
-            yq -= alpha[j] * yy_m[order[i]][order[j]]
+            yq -= alpha[j] * yy_g(i, j)
         yr = gamma * yq
         for j in range(i):
-            yr += c[j] * sy_m[order[j]][order[i]]
+            yr += c[j] * sy_g(j, i)
         c[i] = alpha[i] - yr / sy[i]
-    coef = []
-    for i in range(m):
-        coef += [c[i], -gamma * alpha[i]]
-    return gamma, coef
+    return gamma, [v for i in range(m) for v in (c[i], -gamma * alpha[i])]
+
+
+def _lsr1_coefficients(Sx: list[float], Yx: list[float], sy_g: Callable[[int, int], float],
+                       yy_g: Callable[[int, int], float], tiny: float) -> list[float]:
+    m = len(Sx)
+    P = [[0.0] * m for _ in range(m)]
+    Q = [[0.0] * m for _ in range(m)]
+    wy = [0.0] * m
+
+    def w_dot_y(j: int, k: int) -> float:
+        return sum(P[j][i] * sy_g(i, k) + Q[j][i] * yy_g(i, k) for i in range(j + 1))
+
+    for k in range(m):
+        P[k][k], Q[k][k] = 1.0, -1.0
+        for j in range(k):
+            if abs(wy[j]) < tiny:
+                continue
+            a = w_dot_y(j, k) / wy[j]
+            for i in range(j + 1):
+                P[k][i] -= a * P[j][i]
+                Q[k][i] -= a * Q[j][i]
+        wy[k] = w_dot_y(k, k)
+    coef = [0.0] * (2 * m)
+    for k in range(m):
+        if abs(wy[k]) < tiny:
+            continue
+        b = sum(P[k][i] * Sx[i] + Q[k][i] * Yx[i] for i in range(k + 1)) / wy[k]
+        for i in range(k + 1):
+            coef[2 * i] += b * P[k][i]
+            coef[2 * i + 1] += b * Q[k][i]
+    return coef
+
+
+def _lsr1_compact_coefficients(Sx: list[float], Yx: list[float], sy_g: Callable[[int, int], float],
+                               yy_g: Callable[[int, int], float]) -> list[float] | None:
+    m = len(Sx)
+    M = torch.tensor([[(sy_g(i, j) if i <= j else sy_g(j, i)) - yy_g(i, j) for j in range(m)] for i in range(m)],
+                     dtype=torch.float64)
+    u, info = torch.linalg.solve_ex(M, torch.tensor([a - b for a, b in zip(Sx, Yx, strict=True)], dtype=torch.float64))
+    if int(info) != 0 or not bool(torch.isfinite(u).all()):
+        return None
+    return [v for x in u.tolist() for v in (x, -x)]
+
+
+def _coefficients(dots: list[list[float]], gram: Tensor, order: Sequence[int], new_slot: int,
+                  sy: Sequence[float], method: int, tiny: float) -> tuple[float, list[float]]:
+    """The Gram update and the coefficients (the native op's host code)."""
+    _update_gram(dots, gram, order, new_slot)
+    m = len(order)
+    sy_m, yy_m = gram[0].tolist(), gram[1].tolist()
+
+    def sy_g(i: int, j: int) -> float:
+        return float(sy_m[order[i]][order[j]])
+
+    def yy_g(i: int, j: int) -> float:
+        return float(yy_m[order[i]][order[j]])
+
+    Sx = [dots[2 * i][0] for i in range(m)]
+    Yx = [dots[2 * i + 1][0] for i in range(m)]
+    if method == METHODS["lbfgs"]:
+        return _lbfgs_coefficients(Sx, Yx, sy_g, yy_g, sy)
+    coef = _lsr1_compact_coefficients(Sx, Yx, sy_g, yy_g) if method == METHODS["lsr1_compact"] else None
+    return 1.0, coef if coef is not None else _lsr1_coefficients(Sx, Yx, sy_g, yy_g, tiny)
 
 
 def lbfgs_direction_reference_(out: Sequence[Tensor], x: Sequence[Tensor], hist: Tensor, gram: Tensor,
-                               order: Sequence[int], new_slot: int, sy: Sequence[float]) -> Tensor:
+                               order: Sequence[int], new_slot: int, sy: Sequence[float], method: int = 0) -> Tensor:
     """Pure-torch twin of :func:`lbfgs_direction_` (same algorithm; sums in float64)."""
     xf = _flat(x, torch.float64).to(hist.device)
     m = len(order)
@@ -129,7 +193,8 @@ def lbfgs_direction_reference_(out: Sequence[Tensor], x: Sequence[Tensor], hist:
         else:
             cols += [torch.zeros_like(xf), torch.zeros_like(xf)]
         dots = (H @ torch.stack(cols, 1)).cpu().tolist()
-        gamma, coef = _coefficients(dots, gram, order, new_slot, sy)
+        tiny = 2 * torch.finfo(hist.dtype).tiny
+        gamma, coef = _coefficients(dots, gram, order, new_slot, sy, method, tiny)
         d = gamma * xf + H.T @ torch.tensor(coef, dtype=torch.float64, device=hist.device)
         terms = len(coef)
     i = 0
@@ -141,16 +206,19 @@ def lbfgs_direction_reference_(out: Sequence[Tensor], x: Sequence[Tensor], hist:
 
 
 def lbfgs_direction_(out: Sequence[Tensor], x: Sequence[Tensor], hist: Tensor, gram: Tensor, order: Sequence[int],
-                     new_slot: int, sy: Sequence[float]) -> Tensor:
+                     new_slot: int, sy: Sequence[float], method: int = 0) -> Tensor:
     """``out = H x``, the L-BFGS inverse-Hessian approximation from the pairs of ``order`` (oldest
     first; ``sy[i]`` is ``s . y`` of ``order[i]``) applied to ``x``, with ``H_0 = (s.y / y.y) I`` of
     the newest pair; ``out = x`` when ``order`` is empty. ``new_slot`` (or -1) is a slot whose Gram
-    entries are not yet in ``gram``: they are filled from the first pass. Returns float64
-    ``[gamma, number of history rows combined]``."""
+    entries are not yet in ``gram``: they are filled from the first pass. ``method`` (see
+    :data:`METHODS`) 1 gives limited-memory SR1 instead (``H_0 = I``; a pair whose ``w . y`` is
+    below twice the dtype's smallest normal number is skipped), 2 its compact form (one
+    ``m x m`` solve; the loop form when that matrix is singular). Returns float64 ``[gamma,
+    number of history rows combined]``."""
     if _direct_direction is not None and native_lbfgs_ok([*out, *x, hist]):
         return _direct_direction(list(out), list(x), hist, gram, list(order), int(new_slot),  # type: ignore[no-any-return]
-                                 [float(v) for v in sy])
-    return lbfgs_direction_reference_(out, x, hist, gram, order, new_slot, sy)
+                                 [float(v) for v in sy], int(method))
+    return lbfgs_direction_reference_(out, x, hist, gram, order, new_slot, sy, method)
 
 
 def two_loop_reference(x: Tensor, s_history: Sequence[Tensor], y_history: Sequence[Tensor]) -> Tensor:
