@@ -456,3 +456,27 @@ def test_lsr1_converges_on_mgh_problems(name: str, compact: bool) -> None:
 def test_lsr1_bad_history_size() -> None:
     with pytest.raises(ValueError, match="LSR1: `history_size` must be >= 1, got 0"):
         tz.m.LSR1(history_size=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+@pytest.mark.parametrize("method", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_direction_and_pair_match_cpu(method: int, dtype: torch.dtype) -> None:
+    m, n = 5, 20_011
+    hist, gram, order, sy = _random_history(m, n, seed=11)
+    hist = hist.to(dtype)
+    x = [torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(3))]
+    cpu_out, gpu_out = [torch.empty(n, dtype=dtype)], [torch.empty(n, dtype=dtype, device="cuda")]
+    g_cpu, g_gpu = gram.clone(), gram.clone().cuda()
+    for k in range(m):  # fill the Gram entries pair by pair on both devices
+        L.lbfgs_direction_(cpu_out, x, hist, g_cpu, order[:k + 1], order[k], sy[:k + 1], method)
+        L.lbfgs_direction_(gpu_out, [x[0].cuda()], hist.cuda(), g_gpu, order[:k + 1], order[k], sy[:k + 1], method)
+        torch.testing.assert_close(gpu_out[0].cpu(), cpu_out[0], rtol=1e-5 if dtype == torch.float32 else 1e-10,
+                                   atol=1e-6 if dtype == torch.float32 else 1e-12)
+    torch.testing.assert_close(g_gpu.cpu(), g_cpu, rtol=1e-5, atol=1e-6)
+    p, g = [torch.randn(n, dtype=dtype)], [torch.randn(n, dtype=dtype)]
+    prev = torch.randn(2, n, dtype=dtype)
+    st_c = L.lbfgs_pair_(p, g, prev, torch.empty(2, n, dtype=dtype), torch.empty(2, n, dtype=dtype))
+    st_g = L.lbfgs_pair_([p[0].cuda()], [g[0].cuda()], prev.cuda(), torch.empty(2, n, dtype=dtype, device="cuda"),
+                         torch.empty(2, n, dtype=dtype, device="cuda"))
+    torch.testing.assert_close(st_g.cpu(), st_c, rtol=1e-9, atol=0)

@@ -30,6 +30,7 @@
 
 #include "../kernels/lbfgs_kernels.h"
 #include "lbfgs_common.h"
+#include "tzfast/lbfgs.h"
 
 namespace tzfast {
 namespace ops {
@@ -97,129 +98,6 @@ void over_blocks(int64_t n, int64_t work_per_element, F&& f) {
 }
 
 
-// ---------------------------------------------------------------------------------------
-// Coefficients: the direction is gamma x + sum_i coef[2i] s_i + coef[2i+1] y_i (i over the
-// slots of `order`, oldest first), computed from Sx, Yx (the history against x) and the Gram
-// entries s_i . y_j, y_i . y_j. O(m^2) (L-BFGS) and O(m^3) (L-SR1) scalar work.
-// ---------------------------------------------------------------------------------------
-constexpr int64_t kLbfgs = 0, kLsr1 = 1, kLsr1Compact = 2;
-
-struct GramView {
-  const double* SY;
-  const double* YY;
-  int64_t slots;
-  const int64_t* order;
-  double sy(int64_t i, int64_t j) const { return SY[order[i] * slots + order[j]]; }  // s_i . y_j
-  double yy(int64_t i, int64_t j) const { return YY[order[i] * slots + order[j]]; }  // y_i . y_j
-};
-
-// The two-loop recursion (Nocedal and Wright, Algorithm 7.4) with H_0 = (s.y / y.y) I of the
-// newest pair, written on inner products: q = x - sum_j alpha_j y_j, r = gamma q + sum_j c_j s_j.
-double lbfgs_coefficients(const GramView& g, const double* Sx, const double* Yx, const double* sy,
-                          int64_t m, double* coef) {
-  std::vector<double> alpha(size_t(m), 0.0), c(size_t(m), 0.0);
-  for (int64_t i = m - 1; i >= 0; --i) {
-    double sq = Sx[i];  // s_i . q
-    for (int64_t j = i + 1; j < m; ++j) sq -= alpha[size_t(j)] * g.sy(i, j);
-    alpha[size_t(i)] = sq / sy[i];
-  }
-  const double gamma = sy[m - 1] / g.yy(m - 1, m - 1);
-  for (int64_t i = 0; i < m; ++i) {
-    double yq = Yx[i];  // y_i . q
-    for (int64_t j = 0; j < m; ++j) yq -= alpha[size_t(j)] * g.yy(i, j);
-    double yr = gamma * yq;  // y_i . r
-    for (int64_t j = 0; j < i; ++j) yr += c[size_t(j)] * g.sy(j, i);
-    c[size_t(i)] = alpha[size_t(i)] - yr / sy[i];
-  }
-  for (int64_t i = 0; i < m; ++i) {
-    coef[2 * i] = c[size_t(i)];
-    coef[2 * i + 1] = -gamma * alpha[size_t(i)];
-  }
-  return gamma;
-}
-
-// Limited-memory SR1 with H_0 = I: w_k = s_k - H_{k-1} y_k, H x = x + sum_k w_k (w_k . x) / (w_k . y_k),
-// a term skipped when |w_k . y_k| < tiny. Each w_k is kept as coefficients on the s_i and y_i.
-void lsr1_coefficients(const GramView& g, const double* Sx, const double* Yx, int64_t m, double tiny,
-                       double* coef) {
-  std::vector<double> P(size_t(m * m), 0.0), Q(size_t(m * m), 0.0), wy(size_t(m), 0.0);
-  // w_j . y_k from the coefficients of w_j
-  auto w_dot_y = [&](int64_t j, int64_t k) {
-    double v = 0.0;
-    for (int64_t i = 0; i <= j; ++i) v += P[size_t(j * m + i)] * g.sy(i, k) + Q[size_t(j * m + i)] * g.yy(i, k);
-    return v;
-  };
-  for (int64_t k = 0; k < m; ++k) {
-    // w_k = s_k - y_k - sum_{j<k} (w_j . y_k / w_j . y_j) w_j
-    P[size_t(k * m + k)] = 1.0;
-    Q[size_t(k * m + k)] = -1.0;
-    for (int64_t j = 0; j < k; ++j) {
-      if (std::fabs(wy[size_t(j)]) < tiny) continue;
-      const double a = w_dot_y(j, k) / wy[size_t(j)];
-      for (int64_t i = 0; i <= j; ++i) {
-        P[size_t(k * m + i)] -= a * P[size_t(j * m + i)];
-        Q[size_t(k * m + i)] -= a * Q[size_t(j * m + i)];
-      }
-    }
-    wy[size_t(k)] = w_dot_y(k, k);
-  }
-  for (int64_t k = 0; k < m; ++k) {
-    if (std::fabs(wy[size_t(k)]) < tiny) continue;
-    double wx = 0.0;
-    for (int64_t i = 0; i <= k; ++i) wx += P[size_t(k * m + i)] * Sx[i] + Q[size_t(k * m + i)] * Yx[i];
-    const double b = wx / wy[size_t(k)];
-    for (int64_t i = 0; i <= k; ++i) {
-      coef[2 * i] += b * P[size_t(k * m + i)];
-      coef[2 * i + 1] += b * Q[size_t(k * m + i)];
-    }
-  }
-}
-
-// The compact form of L-SR1 (Byrd, Nocedal and Schnabel 1994, H_0 = I):
-// H x = x + W^T M^-1 W x with W = S - Y, M = R + R^T - D - Y Y^T (R the upper triangle of
-// S Y^T with its diagonal D). False when M is singular (the caller then uses the loop form).
-bool lsr1_compact_coefficients(const GramView& g, const double* Sx, const double* Yx, int64_t m,
-                               double* coef) {
-  std::vector<double> M(size_t(m * m), 0.0);
-  std::vector<double> u(size_t(m), 0.0);
-  for (int64_t i = 0; i < m; ++i) {
-    u[size_t(i)] = Sx[i] - Yx[i];
-    for (int64_t j = 0; j < m; ++j) {
-      const double r = i <= j ? g.sy(i, j) : g.sy(j, i);
-      M[size_t(i * m + j)] = r - g.yy(i, j);
-    }
-  }
-  // Gaussian elimination with partial pivoting
-  for (int64_t col = 0; col < m; ++col) {
-    int64_t piv = col;
-    for (int64_t r = col + 1; r < m; ++r) {
-      if (std::fabs(M[size_t(r * m + col)]) > std::fabs(M[size_t(piv * m + col)])) piv = r;
-    }
-    const double pv = M[size_t(piv * m + col)];
-    if (!(std::fabs(pv) > 0.0) || !std::isfinite(pv)) return false;
-    if (piv != col) {
-      for (int64_t j = 0; j < m; ++j) std::swap(M[size_t(col * m + j)], M[size_t(piv * m + j)]);
-      std::swap(u[size_t(col)], u[size_t(piv)]);
-    }
-    for (int64_t r = col + 1; r < m; ++r) {
-      const double f = M[size_t(r * m + col)] / pv;
-      for (int64_t j = col; j < m; ++j) M[size_t(r * m + j)] -= f * M[size_t(col * m + j)];
-      u[size_t(r)] -= f * u[size_t(col)];
-    }
-  }
-  for (int64_t i = m - 1; i >= 0; --i) {
-    double v = u[size_t(i)];
-    for (int64_t j = i + 1; j < m; ++j) v -= M[size_t(i * m + j)] * u[size_t(j)];
-    u[size_t(i)] = v / M[size_t(i * m + i)];
-  }
-  for (int64_t i = 0; i < m; ++i) {
-    if (!std::isfinite(u[size_t(i)])) return false;
-    coef[2 * i] = u[size_t(i)];
-    coef[2 * i + 1] = -u[size_t(i)];
-  }
-  return true;
-}
-
 }  // namespace
 
 at::Tensor lbfgs_pair_cpu(at::TensorList params, at::TensorList grads,
@@ -277,7 +155,7 @@ at::Tensor lbfgs_direction_cpu(at::TensorList out, at::TensorList x, const at::T
                                const at::Tensor& gram, at::IntArrayRef order, int64_t new_slot,
                                at::ArrayRef<double> sy, int64_t method) {
   const char* op = "lbfgs_direction_";
-  TORCH_CHECK(method == kLbfgs || method == kLsr1 || method == kLsr1Compact, "tzfast::", op,
+  TORCH_CHECK(method == lbfgs::kLbfgs || method == lbfgs::kLsr1 || method == lbfgs::kLsr1Compact, "tzfast::", op,
               ": expected method 0 (L-BFGS), 1 (L-SR1) or 2 (compact L-SR1) but got ", method);
   TORCH_CHECK(!x.empty(), "tzfast::", op, ": expected at least one tensor in x but got none");
   const at::ScalarType dtype = x[0].scalar_type();
@@ -342,15 +220,15 @@ at::Tensor lbfgs_direction_cpu(at::TensorList out, at::TensorList x, const at::T
     auto D = [&](int64_t r, int c) { return d[size_t(3 * r + c)]; };
     double* SY = gram.data_ptr<double>();
     double* YY = SY + slots * slots;
+    const lbfgs::Gram gv{SY, YY, slots, order.data()};
     if (new_slot >= 0) {
-      const int64_t t = new_slot;
+      std::vector<double> sy_t(size_t(m), 0.0), ys_t(size_t(m), 0.0), yy_t(size_t(m), 0.0);
       for (int64_t i = 0; i < m; ++i) {
-        const int64_t o = order[i];
-        SY[o * slots + t] = D(2 * i, 2);      // s_o . y_t
-        SY[t * slots + o] = D(2 * i + 1, 1);  // s_t . y_o
-        YY[o * slots + t] = D(2 * i + 1, 2);  // y_o . y_t
-        YY[t * slots + o] = D(2 * i + 1, 2);
+        sy_t[size_t(i)] = D(2 * i, 2);      // s_i . y_t
+        ys_t[size_t(i)] = D(2 * i + 1, 1);  // y_i . s_t
+        yy_t[size_t(i)] = D(2 * i + 1, 2);  // y_i . y_t
       }
+      lbfgs::update_gram(gv, m, sy_t.data(), ys_t.data(), yy_t.data());
     }
     std::vector<double> Sx(size_t(m), 0.0);
     std::vector<double> Yx(size_t(m), 0.0);
@@ -358,18 +236,12 @@ at::Tensor lbfgs_direction_cpu(at::TensorList out, at::TensorList x, const at::T
       Sx[size_t(i)] = D(2 * i, 0);
       Yx[size_t(i)] = D(2 * i + 1, 0);
     }
-    const GramView gv{SY, YY, slots, order.data()};
     coef.assign(size_t(2 * m), 0.0);
-    if (method == kLbfgs) {
-      gamma = lbfgs_coefficients(gv, Sx.data(), Yx.data(), sy.data(), m, coef.data());
-    } else {
-      const double tiny = 2.0 * (dtype == at::kDouble ? std::numeric_limits<double>::min()
-                                                       : double(std::numeric_limits<float>::min()));
-      gamma = 1.0;
-      if (method != kLsr1Compact || !lsr1_compact_coefficients(gv, Sx.data(), Yx.data(), m, coef.data())) {
-        lsr1_coefficients(gv, Sx.data(), Yx.data(), m, tiny, coef.data());
-      }
-    }
+    std::vector<double> scratch(size_t(lbfgs::scratch_size(m)), 0.0);
+    const double tiny = 2.0 * (dtype == at::kDouble ? std::numeric_limits<double>::min()
+                                                     : double(std::numeric_limits<float>::min()));
+    gamma = lbfgs::coefficients(method, gv, Sx.data(), Yx.data(), sy.data(), m, tiny, coef.data(),
+                                scratch.data());
   }
   const cpu::LbfgsCombineCall cc{dt,    n,     hist.data_ptr(), xr.list(),     orr.list(),
                                  gamma, row.data(), coef.data(), int64_t(row.size())};

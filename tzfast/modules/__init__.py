@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_FAMILIES = ("adaptive", "momentum", "step_size", "ops", "clipping", "weight_decay", "smoothing", "grad_approximation")
+_FAMILIES = ("adaptive", "momentum", "step_size", "ops", "clipping", "weight_decay", "smoothing", "grad_approximation",
+             "line_search", "quasi_newton", "conjugate_gradient", "restarts")
 
 __all__: list[str] = []
 _origin: dict[str, str] = {}

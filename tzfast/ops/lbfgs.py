@@ -12,8 +12,9 @@ row ``2t``, ``y_t`` in row ``2t + 1``), and ``gram``, a float64 CPU ``[2, slots,
   entries from the first pass.
 
 Each has a native CPU kernel (float32/float64, called through ``tzfast._C`` without the
-dispatcher) and a pure-torch twin with the same math, used for other devices and dtypes and
-by the tests; :func:`two_loop_reference` is the textbook recursion the tests compare with.
+dispatcher), a CUDA implementation in a TZFAST_CUDA build (cuBLAS passes, the scalar recursion
+in one device thread: no host sync in a direction), and a pure-torch twin with the same math,
+used for other devices and dtypes and by the tests; :func:`two_loop_reference` is the textbook recursion the tests compare with.
 """
 from __future__ import annotations
 
@@ -38,6 +39,20 @@ def native_lbfgs_ok(tensors: Sequence[Tensor]) -> bool:
     dt = tensors[0].dtype
     return dt in (torch.float32, torch.float64) and all(
         t.device.type == "cpu" and t.dtype == dt and t.is_contiguous() for t in tensors)
+
+
+def _cuda_kernel(name: str, tensors: Sequence[Tensor]) -> bool:
+    """Whether the registered op ``tzfast::name`` has a CUDA kernel for these tensors (a
+    TZFAST_CUDA build; float32/float64 on one CUDA device)."""
+    if not HAS_EXTENSION or not tensors or tensors[0].device.type != "cuda":
+        return False
+    dt = tensors[0].dtype
+    if dt not in (torch.float32, torch.float64) or any(t.dtype != dt or t.device != tensors[0].device for t in tensors):
+        return False
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"tzfast::{name}", "CUDA"))
+    except (RuntimeError, AttributeError):
+        return False
 
 
 def _flat(ts: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
@@ -72,6 +87,8 @@ def lbfgs_pair_(params: Sequence[Tensor], grads: Sequence[Tensor], prev: Tensor 
     ``[s . y, max|s|, max|y|, NaN count]`` (zeros and no pair when ``prev`` is None)."""
     if _direct_pair is not None and native_lbfgs_ok([*params, *grads, nxt]):
         return _direct_pair(list(params), list(grads), prev, nxt, pair)  # type: ignore[no-any-return]
+    if _cuda_kernel("lbfgs_pair_", [*params, *grads, nxt]):
+        return torch.ops.tzfast.lbfgs_pair_(list(params), list(grads), prev, nxt, pair)  # type: ignore[no-any-return]
     return lbfgs_pair_reference_(params, grads, prev, nxt, pair)
 
 
@@ -218,6 +235,9 @@ def lbfgs_direction_(out: Sequence[Tensor], x: Sequence[Tensor], hist: Tensor, g
     if _direct_direction is not None and native_lbfgs_ok([*out, *x, hist]):
         return _direct_direction(list(out), list(x), hist, gram, list(order), int(new_slot),  # type: ignore[no-any-return]
                                  [float(v) for v in sy], int(method))
+    if _cuda_kernel("lbfgs_direction_", [*out, *x, hist]):
+        return torch.ops.tzfast.lbfgs_direction_(list(out), list(x), hist, gram, list(order),  # type: ignore[no-any-return]
+                                                 int(new_slot), [float(v) for v in sy], int(method))
     return lbfgs_direction_reference_(out, x, hist, gram, order, new_slot, sy, method)
 
 

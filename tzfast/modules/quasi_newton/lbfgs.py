@@ -216,7 +216,7 @@ class _LimitedMemory(TensorTransform):
         if hist is None or hist.shape != (2 * (m + 1), n) or hist.dtype != dtype:
             kw = dict(dtype=dtype, device=ref[0].device)
             gs["hist"] = hist = torch.zeros(2 * (m + 1), n, **kw)
-            gs["gram"] = torch.zeros(2, m + 1, m + 1, dtype=torch.float64)
+            gs["gram"] = torch.zeros(2, m + 1, m + 1, dtype=torch.float64, device=ref[0].device)
             gs["prev"] = torch.zeros(2, 2, n, **kw)
             gs["cur"] = 0
             gs["order"], gs["sy"], gs["new_slot"] = [], [], -1
