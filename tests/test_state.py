@@ -333,3 +333,33 @@ def test_state_dict_of_unstepped_optimizer_round_trips() -> None:
     opt = tz.Optimizer(model.parameters(), tz.m.Adam(), tz.m.LR(1e-2))
     opt.load_state_dict(sd)
     assert torch.equal(train(opt, model, x, y, 5, True), expected)
+
+
+def test_state_dict_with_generators_loads_with_weights_only(tmp_path: Any) -> None:
+    """Generators (a module's seeded one, a ``seed=torch.Generator`` setting) are saved as their
+    state tensors: the checkpoint loads with ``torch.load(weights_only=True)`` and the restored
+    optimizer continues the same run with its own generator."""
+    import tzfast as tz
+
+    def make(params: Any) -> Any:
+        return tz.Optimizer(params, tz.m.RandomizedFDM(n_samples=2, seed=torch.Generator().manual_seed(5),
+                                                       fuse=False), tz.m.LR(1e-2))
+
+    def run(x: torch.Tensor, opt: Any, steps: int) -> None:
+        def closure(backward: bool = True) -> torch.Tensor:
+            return (x ** 2).sum()
+        for _ in range(steps):
+            opt.step(closure)
+
+    x = torch.nn.Parameter(torch.linspace(-1, 1, 7, dtype=torch.float64))
+    opt = make([x])
+    run(x, opt, 3)
+    path = tmp_path / "opt.pt"
+    torch.save(opt.state_dict(), path)
+    saved_x = x.detach().clone()
+    run(x, opt, 4)
+    x2 = torch.nn.Parameter(saved_x.clone())
+    opt2 = make([x2])
+    opt2.load_state_dict(torch.load(path, weights_only=True))
+    run(x2, opt2, 4)
+    assert torch.equal(x2.detach(), x.detach())

@@ -39,6 +39,26 @@ class _EvalCounterClosure:
         return v
 
 
+_GEN_KEY = "__torch_generator_state__"
+
+
+def _pack(v: Any) -> Any:
+    """A ``torch.Generator`` as its state tensor and device (so a state dict holds only tensors and
+    plain data, loadable with ``torch.load(weights_only=True)``, and a loaded optimizer gets its own
+    generator rather than sharing the saved one)."""
+    if isinstance(v, torch.Generator):
+        return {_GEN_KEY: v.get_state(), "device": str(v.device)}
+    return v
+
+
+def _unpack(v: Any) -> Any:
+    if isinstance(v, dict) and _GEN_KEY in v:
+        gen = torch.Generator(v["device"])
+        gen.set_state(v[_GEN_KEY])
+        return gen
+    return v
+
+
 def _check_param(p: Any, gi: int, pi: int) -> None:
     where = f"param_groups[{gi}]['params'][{pi}]"
     if not isinstance(p, torch.Tensor):
@@ -208,8 +228,8 @@ class Optimizer(torch.optim.Optimizer):
                 "state": {index[id(p)]: dict(st) for p, st in m.state.items() if id(p) in index and st},
                 "local": {index[id(p)]: dict(s.maps[0]) for p, s in m.settings.items()
                           if id(p) in index and s.maps[0]},
-                "defaults": dict(m.defaults),
-                "global_state": {k: v for k, v in m.global_state.items() if not k.startswith("__flat")
+                "defaults": {k: _pack(v) for k, v in m.defaults.items()},
+                "global_state": {k: _pack(v) for k, v in m.global_state.items() if not k.startswith("__flat")
                                  and not k.startswith("__fake")},
                 "extra": m._extra_pack(),
             })
@@ -260,9 +280,9 @@ class Optimizer(torch.optim.Optimizer):
             for i, loc in sd["local"].items():
                 m.settings[all_params[int(i)]].maps[0].update(loc)
             m.defaults.clear()
-            m.defaults.update(sd["defaults"])
+            m.defaults.update({k: _unpack(v) for k, v in sd["defaults"].items()})
             m.global_state.clear()
-            m.global_state.update(sd["global_state"])
+            m.global_state.update({k: _unpack(v) for k, v in sd["global_state"].items()})
             m._extra_unpack(sd["extra"])
             m._runs_cache.clear()
         self.current_step = state_dict.get("current_step", 0)
