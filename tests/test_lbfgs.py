@@ -480,3 +480,31 @@ def test_cuda_direction_and_pair_match_cpu(method: int, dtype: torch.dtype) -> N
     st_g = L.lbfgs_pair_([p[0].cuda()], [g[0].cuda()], prev.cuda(), torch.empty(2, n, dtype=dtype, device="cuda"),
                          torch.empty(2, n, dtype=dtype, device="cuda"))
     torch.testing.assert_close(st_g.cpu(), st_c, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("module", ["LBFGS", "LSR1"])
+def test_get_H_matvec_and_solve_are_inverse_and_solve_is_the_direction(module: str) -> None:
+    """``get_H()``: the Hessian approximation ``B`` (compact form) times the direction's operator ``H``
+    is the identity, and ``H g`` is what the module's step applies."""
+    mod = getattr(tz.m, module)(4)
+    x = torch.nn.Parameter(X0.clone())
+    opt = tz.Optimizer([x], mod, tz.m.LR(1e-3))
+
+    def closure(backward: bool = True) -> torch.Tensor:
+        loss = rosenbrock(x)
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    for _ in range(6):
+        opt.step(closure)
+    op = mod.get_H()
+    B, Hinv = op.to_tensor(), op.inv().to_tensor()
+    torch.testing.assert_close(B @ Hinv, torch.eye(2, dtype=torch.float64), rtol=0, atol=1e-9)
+    closure()
+    assert x.grad is not None
+    g = x.grad.detach().clone()
+    before = x.detach().clone()
+    opt.step(closure)  # adds one more pair, then applies H g with it
+    torch.testing.assert_close((before - x.detach()) / 1e-3, mod.get_H().solve(g), rtol=1e-9, atol=1e-12)

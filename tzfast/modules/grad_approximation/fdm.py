@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...core.elementwise import tails_align
 
 from .formulas import FD_Formula, FDFormula, fd_formula, numerator
 from .grad_approximator import GradApproximator, GradTarget
@@ -85,14 +84,8 @@ class FDM(GradApproximator):
 
     def _fused_step(self, objective: Objective, tail: Sequence[Module]) -> bool:
         """Estimate, then ``p -= (g * s_1) * s_2 ...`` for the tail's multipliers ``s_i`` (see ``fuse``)."""
-        if not self.fuse or self.children:
-            return False
-        if self._target == "closure" and (objective.grads is not None or objective.updates is not None):
-            return False  # the chain would not use this estimate
-        if self._target == "grad" and objective.updates is not None:
-            return False
-        layout = objective.layout
-        if layout is None or layout.params is not objective.params or not tails_align(self, layout, tail):
+        layout = self._fusion_layout(objective, tail)
+        if layout is None:
             return False
         closure = self._closure_of(objective)
         for m in tail:

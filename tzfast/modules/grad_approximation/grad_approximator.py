@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 
+from ...core.elementwise import tails_align
 from ...core.module import Module
 
 if TYPE_CHECKING:
+    from ...core.layout import Layout
     from ...core.objective import Objective
 
 __all__ = ["GradApproximator", "GradTarget"]
@@ -88,6 +90,21 @@ class GradApproximator(Module, ABC):
 
     def pre_step(self, objective: Objective) -> None:
         """Runs once per step before :meth:`approximate` (which may run several times per step)."""
+
+    def _fusion_layout(self, objective: Objective, tail: Sequence[Module]) -> Layout | None:
+        """The layout to fuse a step over (see the estimators' ``fuse``), or None when this step
+        cannot be fused: fusion off, children, an estimate the chain would not use, a layout that
+        is not the objective's, or tail multipliers whose settings split the parameters differently."""
+        if not getattr(self, "fuse", False) or self.children:
+            return None
+        if self._target == "closure" and (objective.grads is not None or objective.updates is not None):
+            return None  # the chain would not use this estimate
+        if self._target == "grad" and objective.updates is not None:
+            return None
+        layout = objective.layout
+        if layout is None or layout.params is not objective.params or not tails_align(self, layout, tail):
+            return None
+        return layout
 
     def _closure_of(self, objective: Objective) -> Callable:
         closure = objective.closure

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .directions import DirectionSet, Segment, Walk, next_key, tail_scales, tails_align
+from .directions import DirectionSet, Segment, Walk, next_key, tail_scales
 from .formulas import FDFormula, numerator
 from .grad_approximator import GradApproximator, GradTarget
 
@@ -118,16 +118,8 @@ class SeededEstimator(GradApproximator):
 
     def _fused_step(self, objective: Objective, tail: Sequence[Module]) -> bool:
         """Estimate and ``p -= lr * g`` without materialising ``g`` (see the module docstring)."""
-        if not self.fuse or self.children:
-            return False
-        if self._target == "closure" and (objective.grads is not None or objective.updates is not None):
-            return False  # the chain would not use this estimate
-        if self._target == "grad" and objective.updates is not None:
-            return False
-        layout = objective.layout
-        if layout is None or layout.params is not objective.params:
-            return False
-        if not tails_align(self, layout, tail):
+        layout = self._fusion_layout(objective, tail)
+        if layout is None:
             return False
         self.pre_step(objective)
         closure = self._closure_of(objective)
@@ -220,7 +212,7 @@ class SeededEstimator(GradApproximator):
         call = dirs.calls[0]
         tensors, offsets, key, code = seg.params, seg.offsets, dirs.key, dirs.code
         n = dirs.n
-        points, moves, terms = formula.points, formula.moves, formula.terms
+        points, moves = formula.points, formula.moves
         uses_f0, central, den = formula.uses_f0, formula.central, formula.den
         applied: dict[int, float] = {}  # displacement (in units) applied along each direction
         pend_k = -1  # the queued move back from the previous direction
@@ -253,20 +245,7 @@ class SeededEstimator(GradApproximator):
                     values[pos] = scalar(v)
                 pend_k, pend_m = k, moves[-1]
                 pend_c = pend_m * u
-                acc: Any = None  # the numerator, summed as formulas.numerator does
-                for pos, w in terms:
-                    x = values[pos]
-                    if acc is None:
-                        acc = x if w == 1 else -x if w == -1 else w * x
-                    elif w == 1:
-                        acc = acc + x
-                    elif w == -1:
-                        acc = acc - x
-                    elif w > 0:
-                        acc = acc + w * x
-                    else:
-                        acc = acc - (-w) * x
-                quotients.append(acc / den)
+                quotients.append(numerator(formula, values) / den)
         except BaseException:
             back = [(j, -m * unit(seg, j)) for j, m in applied.items() if m != 0]
             if back:

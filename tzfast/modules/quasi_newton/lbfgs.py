@@ -87,18 +87,59 @@ def double_damping(s: torch.Tensor, y: torch.Tensor, g: torch.Tensor, H: LinearO
 _DAMPING_FNS: dict[str, DampingFn] = {"powell": powell_damping, "double": double_damping}
 
 
-class LBFGSOperator(LinearOperator):
+class _HistoryOperator(LinearOperator):
+    """A symmetric matrix of a limited-memory history ``S``, ``Y`` (rows oldest first), known through
+    ``matvec`` (the Hessian approximation) and ``solve`` (its inverse); dense forms are built column
+    by column. The identity when the history is empty."""
+
+    def __init__(self, S: torch.Tensor | None, Y: torch.Tensor | None):
+        self.S, self.Y = S, Y
+        ref = S if S is not None else torch.empty(0)
+        self.device, self.dtype = ref.device, ref.dtype
+
+    def rmatvec(self, x: torch.Tensor) -> torch.Tensor:
+        return self.matvec(x)
+
+    def matmat(self, X: torch.Tensor) -> Dense:
+        return Dense(torch.stack([self.matvec(c) for c in X.T], 1))
+
+    def add_diagonal(self, x: torch.Tensor | float) -> Dense:
+        return self.to_dense().add_diagonal(x)
+
+    def diagonal(self) -> torch.Tensor:
+        return self.to_tensor().diagonal()
+
+    def _eye(self) -> torch.Tensor:
+        return torch.eye(self.size()[0], dtype=self.dtype, device=self.device)
+
+    def inv(self) -> Dense:
+        return Dense(torch.stack([self.solve(c) for c in self._eye()], 1))
+
+    def to_tensor(self) -> torch.Tensor:
+        return torch.stack([self.matvec(c) for c in self._eye()], 1)
+
+    def size(self) -> tuple[int, ...]:
+        if self.S is None:
+            raise RuntimeError(f"{type(self).__name__}: the size of an empty history is unknown")
+        return (self.S.shape[1], self.S.shape[1])
+
+    def transpose(self) -> _HistoryOperator:
+        return self
+
+    def is_dense(self) -> bool:
+        return False
+
+
+class LBFGSOperator(_HistoryOperator):
     """The L-BFGS matrices of a history (oldest pair first): ``solve`` applies the inverse-Hessian
     approximation ``H`` (two-loop recursion), ``matvec`` the Hessian approximation ``B`` (compact
     representation, Byrd, Nocedal and Schnabel 1994), both with ``B_0 = (y.y / s.y) I`` of the
     newest pair; the identity when the history is empty."""
 
     def __init__(self, S: torch.Tensor | None, Y: torch.Tensor | None, sy: Sequence[float]):
-        self.S, self.Y = S, Y
+        super().__init__(S, Y)
         self.sy = list(sy)
         self._M: torch.Tensor | None = None
-        ref = S if S is not None else torch.empty(0)
-        self.device, self.dtype = ref.device, ref.dtype
 
     def solve(self, b: torch.Tensor) -> torch.Tensor:
         if self.S is None or self.Y is None:
@@ -125,40 +166,6 @@ class LBFGSOperator(LinearOperator):
         if int(info) != 0:
             return x * b0
         return x * b0 - (b0 * (S.T @ u[:m]) + Y.T @ u[m:])
-
-    def rmatvec(self, x: torch.Tensor) -> torch.Tensor:
-        return self.matvec(x)
-
-    def matmat(self, X: torch.Tensor) -> Dense:
-        return Dense(torch.stack([self.matvec(c) for c in X.T], 1))
-
-    def add_diagonal(self, x: torch.Tensor | float) -> Dense:
-        return self.to_dense().add_diagonal(x)
-
-    def diagonal(self) -> torch.Tensor:
-        return self.to_tensor().diagonal()
-
-    def inv(self) -> Dense:
-        n = self.size()[0]
-        eye = torch.eye(n, dtype=self.dtype, device=self.device)
-        return Dense(torch.stack([self.solve(c) for c in eye], 1))
-
-    def to_tensor(self) -> torch.Tensor:
-        n = self.size()[0]
-        eye = torch.eye(n, dtype=self.dtype, device=self.device)
-        return torch.stack([self.matvec(c) for c in eye], 1)
-
-    def size(self) -> tuple[int, ...]:
-        if self.S is None:
-            raise RuntimeError("LBFGSOperator: the size of an empty history is unknown")
-        n = self.S.shape[1]
-        return (n, n)
-
-    def transpose(self) -> LBFGSOperator:
-        return self
-
-    def is_dense(self) -> bool:
-        return False
 
 
 class _LimitedMemory(TensorTransform):
@@ -368,15 +375,10 @@ class LBFGS(_LimitedMemory):
         return LBFGSOperator(S, Y, self.global_state.get("sy") or [])
 
 
-class LSR1Operator(LinearOperator):
+class LSR1Operator(_HistoryOperator):
     """The L-SR1 matrices of a history (oldest pair first), ``H_0 = B_0 = I``: ``solve`` applies
     the inverse-Hessian approximation, ``matvec`` the Hessian approximation (the same recursion
     with ``s`` and ``y`` swapped)."""
-
-    def __init__(self, S: torch.Tensor | None, Y: torch.Tensor | None):
-        self.S, self.Y = S, Y
-        ref = S if S is not None else torch.empty(0)
-        self.device, self.dtype = ref.device, ref.dtype
 
     @staticmethod
     def _apply(x: torch.Tensor, S: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
@@ -402,37 +404,6 @@ class LSR1Operator(LinearOperator):
 
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
         return x.clone() if self.S is None or self.Y is None else self._apply(x, self.Y, self.S)
-
-    def rmatvec(self, x: torch.Tensor) -> torch.Tensor:
-        return self.matvec(x)
-
-    def matmat(self, X: torch.Tensor) -> Dense:
-        return Dense(torch.stack([self.matvec(c) for c in X.T], 1))
-
-    def add_diagonal(self, x: torch.Tensor | float) -> Dense:
-        return self.to_dense().add_diagonal(x)
-
-    def diagonal(self) -> torch.Tensor:
-        return self.to_tensor().diagonal()
-
-    def inv(self) -> Dense:
-        n = self.size()[0]
-        return Dense(torch.stack([self.solve(c) for c in torch.eye(n, dtype=self.dtype, device=self.device)], 1))
-
-    def to_tensor(self) -> torch.Tensor:
-        n = self.size()[0]
-        return torch.stack([self.matvec(c) for c in torch.eye(n, dtype=self.dtype, device=self.device)], 1)
-
-    def size(self) -> tuple[int, ...]:
-        if self.S is None:
-            raise RuntimeError("LSR1Operator: the size of an empty history is unknown")
-        return (self.S.shape[1], self.S.shape[1])
-
-    def transpose(self) -> LSR1Operator:
-        return self
-
-    def is_dense(self) -> bool:
-        return False
 
 
 class LSR1(_LimitedMemory):
