@@ -107,9 +107,15 @@ class FDM(GradApproximator):
             objective.loss = loss
         return True
 
-    @torch.no_grad()
     def approximate(self, closure: Callable, params: list[torch.Tensor], loss: Any
                     ) -> tuple[list[torch.Tensor], Any, Any]:
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._approximate(closure, params, loss)
+        return self._approximate(closure, params, loss)
+
+    def _approximate(self, closure: Callable, params: list[torch.Tensor], loss: Any
+                     ) -> tuple[list[torch.Tensor], Any, Any]:
         grads = []
         loss_approx = None
         for p in params:
@@ -121,6 +127,8 @@ class FDM(GradApproximator):
             k = 0
             if p.device.type == "cpu" and p.dtype in _NUMPY_DTYPES and not torch.compiler.is_compiling():
                 k, loss, loss_approx = _coordinates_numpy(closure, p, g, h, formula, loss, loss_approx)
+            if k == p.numel():
+                continue
             param_at, grad_at = _element(p), _element(g)
             for k in range(k, p.numel()):
                 loss, loss_approx, d = _coordinate(closure, param_at(k), h, formula, loss)
