@@ -840,3 +840,22 @@ def test_step_hooks_and_profiler_range_behave_as_in_torch_optim() -> None:
         opt.step()
     assert any(e.name.startswith("Optimizer.step#") for e in prof.events())
     assert torch.is_grad_enabled()
+
+
+def test_inner_step_tensors_without_params_uses_stand_ins_of_each_shape() -> None:
+    """A child stepped on bare tensors (no parameters) keeps its state per tensor shape."""
+    from tzfast.core.module import Module
+
+    class Parent(Module):
+        def __init__(self) -> None:
+            super().__init__({})
+            self.set_child("inner", tz.m.HeavyBall(0.5))
+
+    parent = Parent()
+    ts = [torch.ones(2, 3), torch.full((4,), 2.0)]
+    first = parent.inner_step_tensors("inner", ts, clone=True)
+    second = parent.inner_step_tensors("inner", ts, clone=True)
+    assert [t.shape for t in first] == [(2, 3), (4,)]
+    # heavy-ball momentum: the second output is g + 0.5 * first
+    for a, b, t in zip(first, second, ts, strict=True):
+        torch.testing.assert_close(b, t + 0.5 * a)

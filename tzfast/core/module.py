@@ -244,7 +244,8 @@ class Module(ABC):
         if params is None:
             fakes = self.global_state.get(f"__fake_{key}")
             if fakes is None or len(fakes) != len(tensors) or any(f.shape != t.shape for f, t in zip(fakes, tensors)):
-                fakes = [torch.empty(0, device=t.device, dtype=t.dtype).expand(t.shape) for t in tensors]
+                # stand-in parameters (state keys for the child): one element each, expanded to the shape
+                fakes = [torch.empty((), device=t.device, dtype=t.dtype).expand(t.shape) for t in tensors]
                 self.global_state[f"__fake_{key}"] = fakes
             params = fakes
         return step_tensors(child, tensors=tensors, params=params, grads=grads, loss=loss, closure=closure,
