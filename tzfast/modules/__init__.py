@@ -9,7 +9,8 @@ import importlib
 from typing import Any
 
 _FAMILIES = ("adaptive", "momentum", "step_size", "ops", "clipping", "weight_decay", "smoothing", "grad_approximation",
-             "line_search", "quasi_newton", "conjugate_gradient", "restarts")
+             "line_search", "quasi_newton", "conjugate_gradient", "restarts", "psgd", "matrix_preconditioners", "meta",
+             "orthogonalization")
 
 __all__: list[str] = []
 _origin: dict[str, str] = {}

@@ -8,10 +8,10 @@ The math is specified in ``docs/native-ops.md`` (elementwise) and ``docs/perturb
 from __future__ import annotations
 
 from .._native import HAS_EXTENSION, build_info
-from . import elementwise, perturb
+from . import elementwise, newton_schulz, perturb
 from .elementwise import *  # noqa: F403
 from .elementwise import __all__ as _elementwise_all
 from .perturb import *  # noqa: F403
 from .perturb import __all__ as _perturb_all
 
-__all__ = ["HAS_EXTENSION", "build_info", "elementwise", "perturb", *_elementwise_all, *_perturb_all]
+__all__ = ["HAS_EXTENSION", "build_info", "elementwise", "newton_schulz", "perturb", *_elementwise_all, *_perturb_all]
