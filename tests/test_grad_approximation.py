@@ -748,3 +748,44 @@ def test_fdm_numpy_path_equals_tensor_path_bitwise(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(fdm, "_NUMPY_DTYPES", ())
     slow = run()
     assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: [m.SPSA(seed=3), m.LR(1e-2)],
+    lambda m: [m.RDSA(seed=3), m.LR(1e-2)],
+    lambda m: [m.MeZO(), m.LR(1e-2)],
+    lambda m: [m.RandomizedFDM(n_samples=3, formula="forward3", seed=3), m.LR(1e-2)],
+    lambda m: [m.RandomizedFDM(n_samples=2, formula="central4", distribution="uniform", seed=3), m.LR(1e-2)],
+    lambda m: [m.SPSA(seed=3, fuse=False), m.LR(1e-2)],
+], ids=["spsa", "rdsa", "mezo", "forward3x3", "central4x2", "unfused"])
+def test_written_out_walks_equal_the_general_walk_bitwise(monkeypatch: pytest.MonkeyPatch, make: Any) -> None:
+    """The one-segment walk and the one-central-direction step make the same engine calls with the
+    same coefficients as the general (per-segment) walk: the same trajectory, bit for bit."""
+    from tzfast.modules.grad_approximation import seeded
+
+    fast = trajectory(tz, make, steps=5)
+    monkeypatch.setattr(seeded, "_FAST_PATHS", False)
+    general = trajectory(tz, make, steps=5)
+    assert torch.equal(fast, general)
+
+
+def test_fused_step_sees_a_learning_rate_written_between_steps() -> None:
+    """The fused step caches its tail multipliers per settings version: a scheduler's write to the
+    group's ``lr`` takes effect on the next step (here lr 0 freezes the parameters)."""
+    x = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 6, dtype=torch.float64))
+    opt = tz.Optimizer([x], tz.m.SPSA(seed=1), tz.m.LR(1e-1))
+
+    def closure(backward: bool = True) -> torch.Tensor:
+        return (x ** 2).sum()
+
+    opt.step(closure)
+    moved = x.detach().clone()
+    opt.step(closure)
+    assert not torch.equal(x.detach(), moved)
+    opt.param_groups[0]["lr"] = 0.0
+    frozen = x.detach().clone()
+    opt.step(closure)
+    assert torch.equal(x.detach(), frozen)
+    opt.param_groups[0]["lr"] = 1e-1
+    opt.step(closure)
+    assert not torch.equal(x.detach(), frozen)

@@ -56,7 +56,23 @@ def _tails_align(module: Module, layout: Layout, tail: Sequence[Module]) -> bool
 
 
 def tail_scales(module: Module, layout: Layout, tail: Sequence[Module]) -> list[list[float]]:
-    """Per bucket, per run of ``module``: the product of the tail multipliers (runs aligned)."""
+    """Per bucket, per run of ``module``: the product of the tail multipliers (runs aligned).
+
+    Cached while the layout and every setting stay the same, when no multiplier depends on the
+    step (``_scale_static``; ``Debias`` does not qualify)."""
+    static = all(getattr(m, "_scale_static", False) for m in tail)
+    if static:
+        ckey = (layout.token, versions(), tuple(map(id, tail)))
+        cached = module.__dict__.get("_tail_scales_cache")
+        if cached is not None and cached[0] == ckey:
+            return cached[1]
+    result = _tail_scales(module, layout, tail)
+    if static:
+        module.__dict__["_tail_scales_cache"] = (ckey, result)
+    return result
+
+
+def _tail_scales(module: Module, layout: Layout, tail: Sequence[Module]) -> list[list[float]]:
     result = []
     for b in layout.buckets:
         runs = module._runs(layout, b)
@@ -219,6 +235,7 @@ class ScaleTransform(ElementwiseTransform):
     """
 
     _is_scale = True
+    _scale_static = True  # the multiplier depends only on the settings (False: also on the step)
 
     def _scale_of(self, s: Mapping[str, Any]) -> float:
         raise NotImplementedError

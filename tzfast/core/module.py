@@ -51,6 +51,11 @@ def _make_param_groups(params: Any, who: str) -> list[dict[str, Any]]:
     return [{"params": items}]
 
 
+# Attributes the fused step paths cache per layout and settings version (see core/elementwise.py
+# and modules/grad_approximation/); never pickled or deep-copied.
+_STEP_CACHES = ("_segments_cache", "_tails_align_cache", "_tail_scales_cache", "_dirs_cache")
+
+
 class Module(ABC):
     """Base class of every optimizer module.
 
@@ -321,6 +326,8 @@ class Module(ABC):
         d = self.__dict__.copy()
         d["_runs_cache"] = {}
         d["_layout_cache"] = None
+        for k in _STEP_CACHES:  # per-layout caches of the fused paths: rebuilt on the next step
+            d.pop(k, None)
         d["settings"] = dict(self.settings)
         d["state"] = dict(self.state)
         d["global_state"] = {k: v for k, v in self.global_state.items() if not k.startswith("__flat")}

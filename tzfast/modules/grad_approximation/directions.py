@@ -161,6 +161,11 @@ class DirectionSet:
         calls_for = _perturb().accumulate_directions_for
         self.calls = [calls_for(seg.device) for seg in self.segments]
 
+    def rekey(self, key: int, sq_norms: dict[int, float]) -> None:
+        """The same directions' layout with another key (and that key's norm cache)."""
+        self.key = key
+        self._sq_norms = sq_norms
+
     def sq_norm_z(self, k: int) -> float:
         """``||z_k||^2`` (before the sphere rescaling)."""
         v = self._sq_norms.get(k)

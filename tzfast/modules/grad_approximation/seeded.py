@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ...core.settings import versions
 from .directions import DirectionSet, Segment, Walk, next_key, tail_scales
 from .formulas import FDFormula, numerator
 from .grad_approximator import GradApproximator, GradTarget
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
     from ...core.objective import Objective
 
 __all__ = ["SeededEstimator", "scalar"]
+
+
+# The written-out walks for the common cases (one segment; one central direction); False runs
+# the general walk, which the tests use to check that both give the same bits.
+_FAST_PATHS = True
 
 
 def scalar(v: Any) -> float:
@@ -100,7 +106,17 @@ class SeededEstimator(GradApproximator):
     def _directions(self, layout: Layout, key: int, n: int, distribution: str) -> DirectionSet:
         if self._sq is None or self._sq[0] != (key, layout.numel):
             self._sq = ((key, layout.numel), {})
-        return DirectionSet(self, layout, key, n, distribution, self._sq[1])
+        # the segments and engine entries depend only on the layout, the settings and the tracing
+        # state: a step reuses the last set with its own key
+        ckey = (layout.token, versions()[1], n, distribution, torch.compiler.is_compiling())
+        cached = self.__dict__.get("_dirs_cache")
+        if cached is not None and cached[0] == ckey:
+            dirs: DirectionSet = cached[1]
+            dirs.rekey(key, self._sq[1])
+            return dirs
+        dirs = DirectionSet(self, layout, key, n, distribution, self._sq[1])
+        self.__dict__["_dirs_cache"] = (ckey, dirs)
+        return dirs
 
     def _layout_of_params(self, params: list[torch.Tensor]) -> Layout:
         layout = self._layout_now
@@ -161,7 +177,7 @@ class SeededEstimator(GradApproximator):
         the coefficient of ``z_k`` in the gradient for the quotient ``q = numerator / den``.
         Returns ``(grads or None, loss, loss_approx)``.
         """
-        if len(dirs.segments) == 1:
+        if _FAST_PATHS and len(dirs.segments) == 1:
             return self._fd_walk_one(closure, dirs, formula, f0, unit, gcoef, params, scales)
         n = dirs.n
         walk = Walk(dirs, unit)
@@ -213,6 +229,27 @@ class SeededEstimator(GradApproximator):
         tensors, offsets, key, code = seg.params, seg.offsets, dirs.key, dirs.code
         n = dirs.n
         points, moves = formula.points, formula.moves
+        if _FAST_PATHS and n == 1 and points == (1, -1) and scales is not None and not formula.uses_f0:
+            # one direction, central differences, fused: the most common step, written out (the
+            # same calls, coefficients and arithmetic as the loop below)
+            u = unit(seg, 0)
+            moved = 0
+            try:
+                call(tensors, offsets, key, [0], [u], code, 1.0, True)
+                moved = 1
+                fp = closure(False)
+                call(tensors, offsets, key, [0], [-2 * u], code, 1.0, True)
+                moved = -1
+                fm = closure(False)
+            except BaseException:
+                if moved:
+                    call(tensors, offsets, key, [0], [-moved * u], code, 1.0, True)
+                raise
+            q = (scalar(fp) - scalar(fm)) / formula.den
+            c = u + -scales[seg.bucket][seg.run] * gcoef(seg, 0, q) * 1.0
+            if c != 0.0:
+                call(tensors, offsets, key, [0], [float(c)], code, 1.0, True)
+            return None, _mean(f0), _mean(fp)
         uses_f0, central, den = formula.uses_f0, formula.central, formula.den
         applied: dict[int, float] = {}  # displacement (in units) applied along each direction
         pend_k = -1  # the queued move back from the previous direction

@@ -84,6 +84,7 @@ class _Scaling(_NumberOrModule):
 
     _is_scale = True
     _scale_uniform = True
+    _scale_static = False  # the number lives in `operands`, outside the versioned settings
 
     def _scale_ready(self) -> bool:
         return "other" not in self.children

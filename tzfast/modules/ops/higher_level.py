@@ -68,6 +68,8 @@ class SqrtEMASquared(EMASquared):
 
 
 class _StepScale(ScaleTransform):
+    _scale_static = False  # the multiplier changes with the step
+
     def _tick(self) -> None:
         super()._tick()
         self.global_state["step"] = self.global_state.get("step", 0) + 1
