@@ -248,8 +248,6 @@ def test_2spsa_chain_counts_evaluations_like_torchzero() -> None:
 
 
 def test_levenberg_marquardt_example() -> None:
-    if not hasattr(tz.m, "LevenbergMarquardt"):
-        pytest.skip("Batched Hessian-vector products, Newton-type methods, least squares and trust regions")
     ps = make_params()
     opt = tz.Optimizer(ps, tz.m.LevenbergMarquardt(tz.m.SG2(beta=0.75, n_samples=4)))
     closure = closure_for(opt, ps, quartic=0.0)

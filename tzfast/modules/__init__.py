@@ -10,7 +10,7 @@ from typing import Any
 
 _FAMILIES = ("adaptive", "momentum", "step_size", "ops", "clipping", "weight_decay", "smoothing", "grad_approximation",
              "line_search", "quasi_newton", "conjugate_gradient", "restarts", "psgd", "matrix_preconditioners", "meta",
-             "orthogonalization")
+             "orthogonalization", "second_order", "least_squares", "trust_region")
 
 __all__: list[str] = []
 _origin: dict[str, str] = {}
