@@ -62,15 +62,6 @@ const T* read_block(const FlatList& l, int64_t g, int64_t len, T* buf) {
   return buf;
 }
 
-// Where to write elements [g, g + len) of list `l`: into the list when they lie in one run
-// (returns that pointer), else buf (returns buf; call write_back after filling it).
-template <typename T>
-T* write_block(const FlatList& l, int64_t g, int64_t len, T* buf) {
-  const FlatRun& first = l.runs[run_of(l, g)];
-  if (g + len <= first.offset + first.n) return static_cast<T*>(first.ptr) + (g - first.offset);
-  return buf;
-}
-
 template <typename T>
 void write_back(const FlatList& l, int64_t g, int64_t len, const T* buf) {
   int64_t r = run_of(l, g);
@@ -187,31 +178,63 @@ inline double tree_sum(const T* a) {
   return static_cast<double>(buf[0]);
 }
 
+// A super-block: up to kLbfgsSuper blocks [begin, end) handled by one call, so that every
+// history row is read as one contiguous run of up to kLbfgsSuper * kLbfgsBlock elements (a
+// stream the prefetchers follow) rather than in 16 KB pieces; each block's sums stay separate.
 template <typename T>
-void dots_t(const LbfgsDotsCall& c, int64_t begin, int64_t end, double* out) {
+struct BlockPointers {
+  const T* x[kLbfgsSuper];
+  int64_t g0[kLbfgsSuper];
+  int64_t len[kLbfgsSuper];
+  int64_t count = 0;
+};
+
+// `scratch` holds kLbfgsSuper * kLbfgsBlock elements (the op layer's per-thread buffer).
+template <typename T>
+BlockPointers<T> read_blocks(const FlatList& l, int64_t begin, int64_t end, T* scratch) {
+  BlockPointers<T> bp;
+  for (int64_t g0 = begin; g0 < end; g0 += kLbfgsBlock) {
+    const int64_t i = bp.count++;
+    bp.g0[i] = g0;
+    bp.len[i] = std::min(kLbfgsBlock, end - g0);
+    const FlatRun& run = l.runs[run_of(l, g0)];
+    if (g0 + bp.len[i] <= run.offset + run.n) {
+      bp.x[i] = static_cast<const T*>(run.ptr) + (g0 - run.offset);
+    } else {
+      bp.x[i] = read_block<T>(l, g0, bp.len[i], scratch + i * kLbfgsBlock);
+    }
+  }
+  return bp;
+}
+
+template <typename T>
+void dots_t(const LbfgsDotsCall& c, int64_t begin, int64_t end, double* out, void* scratch) {
   constexpr int L = kLanesOf<T>;
-  alignas(64) T xbuf[kLbfgsBlock];
+  const BlockPointers<T> bp = read_blocks<T>(c.x, begin, end, static_cast<T*>(scratch));
   const T* hist = static_cast<const T*>(c.hist);
   const int64_t n = c.n;
-  for (int64_t g0 = begin; g0 < end; g0 += kLbfgsBlock) {
-    const int64_t len = std::min(kLbfgsBlock, end - g0);
-    const int64_t whole = len / L * L;
-    const T* __restrict x = read_block<T>(c.x, g0, len, xbuf);
-    const T* __restrict hs = c.col_s >= 0 ? hist + c.col_s * n + g0 : nullptr;
-    const T* __restrict hy = c.col_s >= 0 ? hist + c.col_y * n + g0 : nullptr;
-    for (int64_t r = 0; r < c.rows; ++r) {
+  const int64_t stride = 3 * c.rows;  // out holds the blocks' partial sums one after the other
+  for (int64_t r = 0; r < c.rows; ++r) {
+    for (int64_t k = 0; k < bp.count; ++k) {
+      const int64_t g0 = bp.g0[k];
+      const int64_t len = bp.len[k];
+      const int64_t whole = len / L * L;
+      const T* __restrict x = bp.x[k];
       const T* __restrict h = hist + c.row[r] * n + g0;
+      double* o = out + k * stride + 3 * r;
       alignas(64) T a[L] = {};
-      alignas(64) T b[L] = {};
-      alignas(64) T d[L] = {};
-      if (hs == nullptr) {
+      if (c.col_s < 0) {
         for (int64_t e = 0; e < whole; e += L) {
           for (int l = 0; l < L; ++l) a[l] = a[l] + h[e + l] * x[e + l];
         }
         for (int64_t e = whole; e < len; ++e) a[e - whole] = a[e - whole] + h[e] * x[e];
-        out[3 * r] += tree_sum<T, L>(a);
+        o[0] += tree_sum<T, L>(a);
         continue;
       }
+      const T* __restrict hs = hist + c.col_s * n + g0;
+      const T* __restrict hy = hist + c.col_y * n + g0;
+      alignas(64) T b[L] = {};
+      alignas(64) T d[L] = {};
       for (int64_t e = 0; e < whole; e += L) {
         for (int l = 0; l < L; ++l) {
           const T hv = h[e + l];
@@ -226,45 +249,56 @@ void dots_t(const LbfgsDotsCall& c, int64_t begin, int64_t end, double* out) {
         b[e - whole] = b[e - whole] + hv * hs[e];
         d[e - whole] = d[e - whole] + hv * hy[e];
       }
-      out[3 * r] += tree_sum<T, L>(a);
-      out[3 * r + 1] += tree_sum<T, L>(b);
-      out[3 * r + 2] += tree_sum<T, L>(d);
+      o[0] += tree_sum<T, L>(a);
+      o[1] += tree_sum<T, L>(b);
+      o[2] += tree_sum<T, L>(d);
     }
   }
 }
 
-void dots(const LbfgsDotsCall& c, int64_t begin, int64_t end, double* out) {
-  by_dtype(c.dtype, [&](auto tag) { dots_t<typename decltype(tag)::type>(c, begin, end, out); });
+void dots(const LbfgsDotsCall& c, int64_t begin, int64_t end, double* out, void* scratch) {
+  by_dtype(c.dtype, [&](auto tag) { dots_t<typename decltype(tag)::type>(c, begin, end, out, scratch); });
 }
 
 // ------------------------------------------------------------------------------ combine
-// out = gamma x + sum_j w_j h_j, accumulated in T in term order (as an axpy sequence would).
+// out = gamma x + sum_j w_j h_j, accumulated in T in term order (as an axpy sequence would);
+// over a super-block, term by term, so each history row streams.
 template <typename T>
-void combine_t(const LbfgsCombineCall& c, int64_t begin, int64_t end) {
-  alignas(64) T xbuf[kLbfgsBlock];
-  alignas(64) T obuf[kLbfgsBlock];
+void combine_t(const LbfgsCombineCall& c, int64_t begin, int64_t end, void* scratch) {
+  T* xs = static_cast<T*>(scratch);
+  T* os = xs + kLbfgsSuper * kLbfgsBlock;
+  const BlockPointers<T> bp = read_blocks<T>(c.x, begin, end, xs);
+  T* outp[kLbfgsSuper];
   const T* hist = static_cast<const T*>(c.hist);
-  for (int64_t g0 = begin; g0 < end; g0 += kLbfgsBlock) {
-    const int64_t len = std::min(kLbfgsBlock, end - g0);
-    const T* __restrict x = read_block<T>(c.x, g0, len, xbuf);
-    T* __restrict o = write_block<T>(c.out, g0, len, obuf);
-    const T gamma = static_cast<T>(c.gamma);
+  const T gamma = static_cast<T>(c.gamma);
+  for (int64_t k = 0; k < bp.count; ++k) {
+    const FlatRun& run = c.out.runs[run_of(c.out, bp.g0[k])];
+    outp[k] = bp.g0[k] + bp.len[k] <= run.offset + run.n
+                  ? static_cast<T*>(run.ptr) + (bp.g0[k] - run.offset)
+                  : os + k * kLbfgsBlock;
+    T* __restrict o = outp[k];
+    const T* __restrict x = bp.x[k];
     if (o == x) {
-      for (int64_t e = 0; e < len; ++e) o[e] = gamma * o[e];
+      for (int64_t e = 0; e < bp.len[k]; ++e) o[e] = gamma * o[e];
     } else {
-      for (int64_t e = 0; e < len; ++e) o[e] = gamma * x[e];
+      for (int64_t e = 0; e < bp.len[k]; ++e) o[e] = gamma * x[e];
     }
-    for (int64_t j = 0; j < c.terms; ++j) {
-      const T* __restrict h = hist + c.row[j] * c.n + g0;
-      const T w = static_cast<T>(c.coef[j]);
-      for (int64_t e = 0; e < len; ++e) o[e] = o[e] + w * h[e];
+  }
+  for (int64_t j = 0; j < c.terms; ++j) {
+    const T w = static_cast<T>(c.coef[j]);
+    for (int64_t k = 0; k < bp.count; ++k) {
+      const T* __restrict h = hist + c.row[j] * c.n + bp.g0[k];
+      T* __restrict o = outp[k];
+      for (int64_t e = 0; e < bp.len[k]; ++e) o[e] = o[e] + w * h[e];
     }
-    if (o == obuf) write_back<T>(c.out, g0, len, obuf);
+  }
+  for (int64_t k = 0; k < bp.count; ++k) {
+    if (outp[k] == os + k * kLbfgsBlock) write_back<T>(c.out, bp.g0[k], bp.len[k], outp[k]);
   }
 }
 
-void combine(const LbfgsCombineCall& c, int64_t begin, int64_t end) {
-  by_dtype(c.dtype, [&](auto tag) { combine_t<typename decltype(tag)::type>(c, begin, end); });
+void combine(const LbfgsCombineCall& c, int64_t begin, int64_t end, void* scratch) {
+  by_dtype(c.dtype, [&](auto tag) { combine_t<typename decltype(tag)::type>(c, begin, end, scratch); });
 }
 
 const LbfgsTable kLbfgsTable = {TZ_STR(TZ_ISA), &pair, &dots, &combine};

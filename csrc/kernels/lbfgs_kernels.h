@@ -19,6 +19,11 @@ namespace tzfast {
 namespace cpu {
 
 constexpr int64_t kLbfgsBlock = 4096;
+// Blocks one call of dots/combine handles (so each history row is read in runs of
+// kLbfgsSuper * kLbfgsBlock elements); the per-block sums do not depend on it.
+constexpr int64_t kLbfgsSuper = 8;
+// Scratch a dots/combine call may use: two super-blocks of float64.
+constexpr int64_t kLbfgsScratchBytes = 2 * kLbfgsSuper * kLbfgsBlock * 8;
 
 // One contiguous run of a list tensor: `n` elements at `ptr`, flat indices [offset, offset + n).
 struct FlatRun {
@@ -46,9 +51,10 @@ struct LbfgsPairCall {
   void* pair;
 };
 
-// lbfgs_dots: for j < rows, with h_j = hist[row[j]] (hist is [*, n] contiguous):
-//   out[3j] += h_j . x, and when col_s >= 0: out[3j+1] += h_j . hist[col_s],
-//   out[3j+2] += h_j . hist[col_y] (float64 sums, fixed order).
+// lbfgs_dots: for j < rows, with h_j = hist[row[j]] (hist is [*, n] contiguous), and for each
+// block k of [begin, end) (begin a multiple of kLbfgsBlock, at most kLbfgsSuper blocks):
+//   out[k*3*rows + 3j] += h_j . x over the block, and when col_s >= 0 the same at + 1 with
+//   hist[col_s] and at + 2 with hist[col_y] (sums in the data's type, added in float64).
 struct LbfgsDotsCall {
   DType dtype;
   int64_t n;
@@ -75,8 +81,9 @@ struct LbfgsCombineCall {
 struct LbfgsTable {
   const char* name;
   void (*pair)(const LbfgsPairCall&, int64_t begin, int64_t end, double stats[4]);
-  void (*dots)(const LbfgsDotsCall&, int64_t begin, int64_t end, double* out);
-  void (*combine)(const LbfgsCombineCall&, int64_t begin, int64_t end);
+  // scratch: kLbfgsScratchBytes bytes per call (per thread), for blocks spanning tensors
+  void (*dots)(const LbfgsDotsCall&, int64_t begin, int64_t end, double* out, void* scratch);
+  void (*combine)(const LbfgsCombineCall&, int64_t begin, int64_t end, void* scratch);
 };
 
 const LbfgsTable& lbfgs_kernels();

@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -86,14 +87,23 @@ void check_matrix(const char* op, const char* name, const at::Tensor& t, int64_t
 
 int64_t blocks_of(int64_t n) { return (n + kLbfgsBlock - 1) / kLbfgsBlock; }
 
-// Runs f(first_block, end_block) over the blocks of [0, n), in parallel when big enough.
+// Runs f(first_block, end_block, scratch) over the blocks of [0, n), in parallel when big
+// enough; scratch is cpu::kLbfgsScratchBytes of the calling thread's own memory (allocated
+// here, touched only when a block spans tensors).
 template <typename F>
 void over_blocks(int64_t n, int64_t work_per_element, F&& f) {
   const int64_t nb = blocks_of(n);
-  if (nb <= 1 || n * work_per_element < (int64_t(1) << 17)) {
-    f(int64_t(0), nb);
+  const bool serial = nb <= 1 || n * work_per_element < (int64_t(1) << 17);
+  const int64_t threads = serial ? 1 : at::get_num_threads();
+  // uninitialised (new[] of a trivial type): pages are only touched where used
+  const std::unique_ptr<double[]> scratch(new double[size_t(threads * cpu::kLbfgsScratchBytes / 8)]);
+  if (serial) {
+    f(int64_t(0), nb, static_cast<void*>(scratch.get()));
   } else {
-    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) { f(b0, b1); });
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+      const int64_t t = std::min<int64_t>(at::get_thread_num(), threads - 1);
+      f(b0, b1, static_cast<void*>(scratch.get() + t * (cpu::kLbfgsScratchBytes / 8)));
+    });
   }
 }
 
@@ -133,7 +143,7 @@ at::Tensor lbfgs_pair_cpu(at::TensorList params, at::TensorList grads,
   const int64_t nb = blocks_of(n);
   std::vector<double> partial(size_t(nb) * 4, 0.0);
   const cpu::LbfgsTable& k = cpu::lbfgs_kernels();
-  over_blocks(n, 1, [&](int64_t b0, int64_t b1) {
+  over_blocks(n, 1, [&](int64_t b0, int64_t b1, void*) {
     for (int64_t b = b0; b < b1; ++b) {
       k.pair(c, b * kLbfgsBlock, std::min(n, (b + 1) * kLbfgsBlock), partial.data() + 4 * b);
     }
@@ -207,10 +217,11 @@ at::Tensor lbfgs_direction_cpu(at::TensorList out, at::TensorList x, const at::T
                                 new_slot >= 0 ? 2 * new_slot + 1 : -1};
     const int64_t nb = blocks_of(n);
     std::vector<double> partial(size_t(nb * rows * 3), 0.0);
-    over_blocks(n, rows, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        k.dots(dc, b * kLbfgsBlock, std::min(n, (b + 1) * kLbfgsBlock),
-               partial.data() + b * rows * 3);
+    over_blocks(n, rows, [&](int64_t b0, int64_t b1, void* scratch) {
+      for (int64_t b = b0; b < b1; b += cpu::kLbfgsSuper) {
+        const int64_t e = std::min(b1, b + cpu::kLbfgsSuper);
+        k.dots(dc, b * kLbfgsBlock, std::min(n, e * kLbfgsBlock), partial.data() + b * rows * 3,
+               scratch);
       }
     });
     std::vector<double> d(size_t(rows * 3), 0.0);
@@ -245,8 +256,11 @@ at::Tensor lbfgs_direction_cpu(at::TensorList out, at::TensorList x, const at::T
   }
   const cpu::LbfgsCombineCall cc{dt,    n,     hist.data_ptr(), xr.list(),     orr.list(),
                                  gamma, row.data(), coef.data(), int64_t(row.size())};
-  over_blocks(n, int64_t(row.size()) + 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) k.combine(cc, b * kLbfgsBlock, std::min(n, (b + 1) * kLbfgsBlock));
+  over_blocks(n, int64_t(row.size()) + 1, [&](int64_t b0, int64_t b1, void* scratch) {
+    for (int64_t b = b0; b < b1; b += cpu::kLbfgsSuper) {
+      const int64_t e = std::min(b1, b + cpu::kLbfgsSuper);
+      k.combine(cc, b * kLbfgsBlock, std::min(n, e * kLbfgsBlock), scratch);
+    }
   });
   for (const at::Tensor& o : out) o.unsafeGetTensorImpl()->bump_version();
   gram.unsafeGetTensorImpl()->bump_version();
