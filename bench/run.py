@@ -37,6 +37,9 @@ __all__ = ["REGISTRY", "main"]
 REGISTRY: dict[str, str] = {
     "B1": "bench.b1_elementwise",
     "B2": "bench.b2_zo_step",
+    "B3": "bench.b3_newton_schulz",
+    "B4": "bench.b4_lbfgs_direction",
+    "B5": "bench.b5_lbfgs_end_to_end",
     "B7": "bench.b7_zo_functions",
 }
 
