@@ -698,7 +698,7 @@ def plot(runs: Sequence[dict[str, Any]], out_dir: Any, plt: Any) -> list[str]:
     """Two figures: GB/s / axpy per variant, and tzfast's speedup over each peer."""
     import os
 
-    valid = [r for r in runs if r.get("result")]
+    valid = common.successful_runs(runs)
     if not valid:
         return []
     shape_keys = sorted({c["shape"] for r in valid for c in r["result"]["cases"]})

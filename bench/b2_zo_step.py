@@ -953,7 +953,7 @@ def _row_of(case: dict[str, Any] | None, key: str, **match: Any) -> dict[str, An
 
 def bar_results(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's bars, judged at JUDGE_THREADS threads when that run exists (else the largest)."""
-    valid = [r for r in runs if r.get("result")]
+    valid = common.successful_runs(runs)
     if not valid:
         return []
     judge = next((r for r in valid if r["threads"] == JUDGE_THREADS), max(valid, key=lambda r: r["threads"]))
@@ -1223,7 +1223,7 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
 
 def plot(runs: Sequence[dict[str, Any]], out_dir: Any, plt: Any) -> list[str]:
     """ns/param/step per variant and case (log scale), and extra peak memory per variant."""
-    valid = [r for r in runs if r.get("result")]
+    valid = common.successful_runs(runs)
     if not valid:
         return []
     paths = []

@@ -625,9 +625,7 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
             out.append(markdown_table(["variant", "dtype", "ms per set, median (min)", "reps", "time / eager fp32",
                                        "err", "check"], prow))
             out.append("")
-        out += [f"- {n}" for n in notes]
-        if notes:
-            out.append("")
+        out += common.note_lines(notes)
     return "\n".join(out)
 
 

@@ -529,7 +529,7 @@ def _summ(vals: list[tuple[str, float | None]], worst_is_min: bool) -> tuple[flo
 def bar_results(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's bars, judged at JUDGE_THREADS threads when that run exists (else the largest);
     a bar is met when every case at that n meets it (the worst case is the value)."""
-    valid = [r for r in runs if r.get("result")]
+    valid = common.successful_runs(runs)
     if not valid:
         return []
     judge = next((r for r in valid if r["threads"] == JUDGE_THREADS), max(valid, key=lambda r: r["threads"]))
@@ -665,9 +665,7 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
                     + (f", dot {min(dots):.1f}-{max(dots):.1f} GB/s" if dots else "")
                     + " (median per case). Times are medians of the optimizer-side time (µs per step); min-based "
                     "figures are in results.json.", ""]
-        out += [f"- {n}" for n in notes]
-        if notes:
-            out.append("")
+        out += common.note_lines(notes)
     return "\n".join(out)
 
 
@@ -675,7 +673,7 @@ def plot(runs: Sequence[dict[str, Any]], out_dir: Any, plt: Any) -> list[str]:
     """Optimizer-side µs/step per variant against n (log-log), one panel per (m, dtype) and thread count."""
     import os
 
-    valid = [r for r in runs if r.get("result")]
+    valid = common.successful_runs(runs)
     if not valid:
         return []
     combos = sorted({(c["m"], c["dtype"]) for r in valid for c in r["result"]["cases"]})

@@ -475,7 +475,7 @@ def _bar_values(res: dict[str, Any]) -> dict[str, Any]:
 
 def bar_results(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's bars, judged at JUDGE_THREADS threads when that run exists (else the largest)."""
-    valid = [r for r in runs if r.get("result")]
+    valid = common.successful_runs(runs)
     if not valid:
         return []
     judge = next((r for r in valid if r["threads"] == JUDGE_THREADS), max(valid, key=lambda r: r["threads"]))
@@ -580,9 +580,7 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
              "scipy total / opt ms", "it tzfast / torch", "ev tzfast / torch", "opt torch / tzfast",
              "opt torch / tzfast (in-run closure)", "total torch / tzfast", "opt scipy / tzfast"], table))
         out.append("")
-        out += [f"- {n}" for n in notes]
-        if notes:
-            out.append("")
+        out += common.note_lines(notes)
     return "\n".join(out)
 
 
@@ -590,7 +588,7 @@ def plot(runs: Sequence[dict[str, Any]], out_dir: Any, plt: Any) -> list[str]:
     """Optimizer-side time per problem (log), one panel per thread count; iterations per problem."""
     import os
 
-    valid = [r for r in runs if r.get("result")]
+    valid = common.successful_runs(runs)
     if not valid:
         return []
     paths = []

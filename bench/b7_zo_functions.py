@@ -510,7 +510,7 @@ def _geomean(xs: Sequence[float]) -> float | None:
 
 
 def bar_result(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    valid = [r for r in runs if r.get("result")]
+    valid = common.successful_runs(runs)
     if not valid:
         return None
     judge = next((r for r in valid if r["threads"] == JUDGE_THREADS), max(valid, key=lambda r: r["threads"]))
@@ -670,9 +670,7 @@ def render_markdown(runs: Sequence[dict[str, Any]]) -> str:
              "torchzero evals/step", "torchzero µs/step", "torchzero overhead µs/eval", "ratio per eval",
              "ratio per step", ">= 5x (per eval)"], orows))
         out.append("")
-        out += [f"- {n}" for n in notes]
-        if notes:
-            out.append("")
+        out += common.note_lines(notes)
     return "\n".join(out)
 
 
@@ -680,7 +678,7 @@ def plot(runs: Sequence[dict[str, Any]], out_dir: Any, plt: Any) -> list[str]:
     """Overhead per evaluation (tzfast vs torchzero) and evaluations to target."""
     import os
 
-    valid = [r for r in runs if r.get("result")]
+    valid = common.successful_runs(runs)
     if not valid:
         return []
     paths = []

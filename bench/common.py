@@ -40,6 +40,8 @@ __all__ = [
     "make_axpy",
     "machine_line",
     "markdown_table",
+    "note_lines",
+    "successful_runs",
     "time_interleaved",
     "tzfast_description",
 ]
@@ -522,6 +524,16 @@ def fmt_float(x: float | None, digits: int = 2) -> str:
 
 def fmt_ratio(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}x"
+
+
+def note_lines(notes: Sequence[str]) -> list[str]:
+    """Notes under a table: one bullet each, then a blank line (nothing when there are none)."""
+    return [f"- {n}" for n in notes] + ([""] if notes else [])
+
+
+def successful_runs(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-thread-count runs whose worker produced a result (what the plots draw)."""
+    return [r for r in runs if r.get("result")]
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
