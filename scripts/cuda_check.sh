@@ -11,7 +11,8 @@
 #      build-cuda/tree/tzfast/, never in ./tzfast/: the main .venv's CPU extension is never
 #      touched, whether this script succeeds, fails or is interrupted;
 #   3. imports it with .venv-cuda's torch, prints build_info() and requires CUDA enabled with
-#      archs 80 and 90, and requires a CUDA kernel registered for every tzfast elementwise op;
+#      archs 80 and 90, and requires a CUDA kernel registered for every tzfast op that has one
+#      (elementwise, perturbation, L-BFGS, Newton-Schulz);
 #   4. runs the CPU test suite (python -m pytest -q tests) on that build;
 #   5. when (and only when) a GPU is visible, runs each op on CUDA against the CPU kernel;
 #   6. writes a one-line result to docs/cuda-check-last.txt.
@@ -159,7 +160,8 @@ log "import, build_info() and CUDA registrations"
 import torch
 import tzfast._C as C
 
-ops = ["adam_", "ema_", "nag_", "ema_sq_", "unary_", "weight_decay_", "accumulate_directions_"]
+ops = ["adam_", "ema_", "nag_", "ema_sq_", "unary_", "weight_decay_", "accumulate_directions_",
+       "lbfgs_pair_", "lbfgs_direction_", "newton_schulz", "newton_schulz_"]
 info = C.build_info()
 print("build_info():", info)
 info = dict(info) if not isinstance(info, dict) else info
@@ -284,7 +286,7 @@ echo "$GPU_RESULT"
 
 # --- 6. the result line ---------------------------------------------------------------------
 ARCHS_CSV="${ARCHS//;/,}"
-LINE="$(date -u +%Y-%m-%dT%H:%MZ) PASS: torch $TORCH_VERSION (CUDA $TORCH_CUDA), nvcc $NVCC_VERSION, sm $ARCHS_CSV; built, imported, CUDA kernels registered for all 6 elementwise ops and accumulate_directions_; CPU tests on that build: $PYTEST_SUMMARY; $GPU_RESULT"
+LINE="$(date -u +%Y-%m-%dT%H:%MZ) PASS: torch $TORCH_VERSION (CUDA $TORCH_CUDA), nvcc $NVCC_VERSION, sm $ARCHS_CSV; built, imported, CUDA kernels registered for all 6 elementwise ops, accumulate_directions_, lbfgs_pair_, lbfgs_direction_, newton_schulz and newton_schulz_; CPU tests on that build: $PYTEST_SUMMARY; $GPU_RESULT"
 echo "$LINE" > "$RESULT"
 log "result (also in ${RESULT#"$ROOT"/})"
 echo "$LINE"
