@@ -45,6 +45,7 @@ constexpr int kMaxDevices = 64;
 // ---------------------------------------------------------------------------------------
 
 #include "cuda/compute_type.cuh"  // Compute, compute_t, to_c, from_c
+#include "cuda/launch_common.cuh"  // max_blocks, IntC, BoolC, with_dtype, with_bool
 
 // ---------------------------------------------------------------------------------------
 // Vectors of N elements moved with one 16-byte access.
@@ -319,22 +320,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Resident blocks the grid is capped at for the current device (cached per device).
-cudaError_t max_blocks(int64_t* out) {
-  static std::atomic<int> sm_count[kMaxDevices] = {};
-  int dev = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err != cudaSuccess) return err;
-  int sms = (dev >= 0 && dev < kMaxDevices) ? sm_count[dev].load(std::memory_order_relaxed) : 0;
-  if (sms <= 0) {
-    err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (err != cudaSuccess) return err;
-    if (dev >= 0 && dev < kMaxDevices) sm_count[dev].store(sms, std::memory_order_relaxed);
-  }
-  *out = static_cast<int64_t>(sms) * kBlocksPerSm;
-  return cudaSuccess;
-}
-
 bool valid_table(const SegmentTable& t) {
   if (t.count < 0 || t.total < 0) return false;
   if (t.total > 0 && (t.count == 0 || t.segments == nullptr)) return false;
@@ -356,33 +341,9 @@ cudaError_t launch(const SegmentTable& t, const Op& op, cudaStream_t stream) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Host-side dispatch: runtime settings -> template arguments.
+// Host-side dispatch: runtime settings -> template arguments (with_dtype, with_bool and
+// IntC/BoolC are in launch_common.cuh).
 // ---------------------------------------------------------------------------------------
-
-template <int V>
-using IntC = std::integral_constant<int, V>;
-template <bool V>
-using BoolC = std::integral_constant<bool, V>;
-
-template <typename F>
-cudaError_t with_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::Float32:
-      return f(float{});
-    case DType::Float64:
-      return f(double{});
-    case DType::Float16:
-      return f(__half{});
-    case DType::BFloat16:
-      return f(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
-
-template <typename F>
-cudaError_t with_bool(bool b, F&& f) {
-  return b ? f(BoolC<true>{}) : f(BoolC<false>{});
-}
 
 template <typename F>
 cudaError_t with_pow_mode(double pow, F&& f) {

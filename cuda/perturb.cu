@@ -37,6 +37,7 @@ constexpr int64_t kTileQuads = 1024;  // 4 quads per thread per tile
 constexpr int kMaxDevices = 64;
 
 #include "cuda/compute_type.cuh"  // Compute, compute_t, to_c, from_c
+#include "cuda/launch_common.cuh"  // max_blocks, IntC, BoolC, with_dtype, with_bool
 
 // Four elements moved with one access (16 bytes for float, 8 for the half types; two 16-byte
 // accesses for double).
@@ -121,22 +122,6 @@ __global__ void __launch_bounds__(kThreads) directions_kernel(DirectionTable t, 
   }
 }
 
-// Resident blocks the grid is capped at on the current device (cached per device).
-cudaError_t max_blocks(int64_t* out) {
-  static std::atomic<int> sm_count[kMaxDevices] = {};
-  int dev = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err != cudaSuccess) return err;
-  int sms = (dev >= 0 && dev < kMaxDevices) ? sm_count[dev].load(std::memory_order_relaxed) : 0;
-  if (sms <= 0) {
-    err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (err != cudaSuccess) return err;
-    if (dev >= 0 && dev < kMaxDevices) sm_count[dev].store(sms, std::memory_order_relaxed);
-  }
-  *out = static_cast<int64_t>(sms) * kBlocksPerSm;
-  return cudaSuccess;
-}
-
 template <typename T, int DIST, bool ACC>
 cudaError_t launch(const DirectionTable& t, rng::Key key, cudaStream_t stream) {
   int64_t cap = 0;
@@ -149,25 +134,6 @@ cudaError_t launch(const DirectionTable& t, rng::Key key, cudaStream_t stream) {
   return cudaSuccess;
 }
 
-template <int V>
-using IntC = std::integral_constant<int, V>;
-template <bool V>
-using BoolC = std::integral_constant<bool, V>;
-
-template <typename F>
-cudaError_t with_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::Float32:
-      return f(float{});
-    case DType::Float64:
-      return f(double{});
-    case DType::Float16:
-      return f(__half{});
-    case DType::BFloat16:
-      return f(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
 
 // kSphere draws the Gaussian values (the caller folds the scale into the weights).
 template <typename F>
