@@ -157,6 +157,19 @@ def rosenbrock(x: torch.Tensor) -> torch.Tensor:
     return (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum()
 
 
+def closure_for(opt: Any, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """The standard ``closure(backward=True)`` of ``f`` at parameter ``x`` for optimizer ``opt``."""
+
+    def closure(backward: bool = True) -> torch.Tensor:
+        loss = f(x)
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    return closure
+
+
 def run_fn(lib: Any, make: Callable[[Any], Sequence[Any]], f: Callable[[torch.Tensor], torch.Tensor],
            x0: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
     x = torch.nn.Parameter(x0.clone())
@@ -264,12 +277,7 @@ def tz_lbfgs_iters(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, 
     x = torch.nn.Parameter(x0.clone())
     opt = tz.Optimizer([x], tz.m.LBFGS(), tz.m.StrongWolfe())
 
-    def closure(backward: bool = True) -> torch.Tensor:
-        loss = f(x)
-        if backward:
-            opt.zero_grad()
-            loss.backward()
-        return loss
+    closure = closure_for(opt, f, x)
 
     for it in range(1, limit + 1):
         opt.step(closure)
@@ -326,12 +334,7 @@ def test_state_dict_round_trip_continues_the_same_run() -> None:
     x = torch.nn.Parameter(X0.clone())
     opt = tz.Optimizer([x], *make(tz.m))
 
-    def closure(backward: bool = True) -> torch.Tensor:
-        loss = rosenbrock(x)
-        if backward:
-            opt.zero_grad()
-            loss.backward()
-        return loss
+    closure = closure_for(opt, rosenbrock, x)
 
     for _ in range(7):
         opt.step(closure)
@@ -340,12 +343,7 @@ def test_state_dict_round_trip_continues_the_same_run() -> None:
     opt2 = tz.Optimizer([x2], *make(tz.m))
     opt2.load_state_dict(sd)
 
-    def closure2(backward: bool = True) -> torch.Tensor:
-        loss = rosenbrock(x2)
-        if backward:
-            opt2.zero_grad()
-            loss.backward()
-        return loss
+    closure2 = closure_for(opt2, rosenbrock, x2)
 
     for _ in range(5):
         opt2.step(closure2)
@@ -357,12 +355,7 @@ def test_reset_clears_the_history() -> None:
     mod = tz.m.LBFGS()
     opt = tz.Optimizer([x], mod, tz.m.LR(1e-3))
 
-    def closure(backward: bool = True) -> torch.Tensor:
-        loss = rosenbrock(x)
-        if backward:
-            opt.zero_grad()
-            loss.backward()
-        return loss
+    closure = closure_for(opt, rosenbrock, x)
 
     for _ in range(3):
         opt.step(closure)
@@ -490,12 +483,7 @@ def test_get_H_matvec_and_solve_are_inverse_and_solve_is_the_direction(module: s
     x = torch.nn.Parameter(X0.clone())
     opt = tz.Optimizer([x], mod, tz.m.LR(1e-3))
 
-    def closure(backward: bool = True) -> torch.Tensor:
-        loss = rosenbrock(x)
-        if backward:
-            opt.zero_grad()
-            loss.backward()
-        return loss
+    closure = closure_for(opt, rosenbrock, x)
 
     for _ in range(6):
         opt.step(closure)
